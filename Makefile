@@ -1,0 +1,65 @@
+# dtnh: `make demo` runs the main job on the bundled data, `make test` checks everything.
+# Options: CC=gcc|clang  OMP=0|1 (OpenMP, on where the compiler has it)  SAN=1 (ASan+UBSan)
+#          ARCH=-march=native (set ARCH= for a portable build)
+
+CC      ?= cc
+CXX     ?= g++
+OMP     ?= $(shell printf 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo 1 || echo 0)
+SAN     ?= 0
+ARCH    ?= -march=native
+OPT     ?= -O2
+WARN    := -std=c99 -Wall -Wextra -pedantic
+HEADERS := dtnh.h dtnh_nn.h $(wildcard parts/*.h)
+
+ifeq ($(OMP),1)
+  OMPFLAG := -fopenmp
+endif
+ifeq ($(SAN),1)
+  SANFLAG := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+  OPT     := -O1 -g
+endif
+CFLAGS  ?= $(WARN) $(OPT) $(ARCH) $(OMPFLAG) $(SANFLAG)
+LDLIBS  := -lm
+B       := build/$(notdir $(CC))-omp$(OMP)-san$(SAN)
+
+TEST_SRC  := tests/main.c tests/impl.c $(wildcard tests/test_*.c)
+BENCH_SRC := $(wildcard bench/*.c)
+
+.PHONY: all test test-run check-headers check-cxx check-san bench demo clean
+all: $(B)/tests/run
+
+$(B)/tests/run: $(TEST_SRC) tests/test.h tests/suites.h $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $(TEST_SRC) $(LDLIBS)
+
+test-run: $(B)/tests/run
+	./$(B)/tests/run
+
+# The full check: strict builds with gcc and clang, with and without OpenMP, as C++, the
+# suite under the sanitizers, and the suite itself (its last line: N passed, M failed).
+test: check-headers check-cxx check-san
+	$(MAKE) --no-print-directory test-run
+
+check-headers:
+	@for cc in gcc clang; do for omp in "" -fopenmp; do \
+	  echo "  strict build: $$cc $$omp"; \
+	  $$cc $(WARN) -Werror -O2 $$omp -c tests/impl.c -o /dev/null || exit 1; \
+	  for f in $(TEST_SRC); do $$cc $(WARN) -Werror -O0 $$omp -fsyntax-only $$f || exit 1; done; \
+	done; done
+
+check-cxx:
+	@echo "  C++ build: $(CXX)"
+	@$(CXX) -x c++ -std=c++11 -Wall -Wextra -pedantic -Werror -O1 -c tests/impl.c -o /dev/null
+
+check-san:
+	$(MAKE) --no-print-directory SAN=1 OMP=0 test-run
+
+bench: $(B)/bench/bench
+	./$(B)/bench/bench
+
+$(B)/bench/bench: $(BENCH_SRC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -O3 $(ARCH) $(OMPFLAG) -o $@ $(BENCH_SRC) $(LDLIBS)
+
+clean:
+	rm -rf build

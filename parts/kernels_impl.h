@@ -1,0 +1,1 @@
+/* ---- kernels: placeholder, filled in by the kernels work ----------------------------------- */

@@ -1,0 +1,1 @@
+/* ---- optimizers and the DTNH step: placeholder ---- */

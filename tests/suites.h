@@ -1,0 +1,2 @@
+/* Every test suite, one line each: SUITE(topic) calls suite_topic() in tests/test_topic.c. */
+SUITE(core)
