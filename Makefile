@@ -54,12 +54,14 @@ check-cxx:
 check-san:
 	$(MAKE) --no-print-directory SAN=1 OMP=0 test-run
 
-bench: $(B)/bench/bench
-	./$(B)/bench/bench
+# Every bench/*.c is its own program; `make bench` builds and runs them all in turn.
+BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(BENCH_SRC))
+bench: $(BENCHES)
+	@for b in $(BENCHES); do echo "== $$b"; ./$$b || exit 1; done
 
-$(B)/bench/bench: $(BENCH_SRC) $(HEADERS)
+$(B)/bench/%: bench/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(WARN) -O3 $(ARCH) $(OMPFLAG) -o $@ $(BENCH_SRC) $(LDLIBS)
+	$(CC) $(WARN) -O3 $(ARCH) $(OMPFLAG) -o $@ $< $(LDLIBS) -ldl
 
 clean:
 	rm -rf build
