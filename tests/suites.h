@@ -1,2 +1,3 @@
 /* Every test suite, one line each: SUITE(topic) calls suite_topic() in tests/test_topic.c. */
 SUITE(core)
+SUITE(cli)
