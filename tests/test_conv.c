@@ -1,0 +1,390 @@
+/* Convolution: geometry checks, im2col/col2im, the forward and both backward passes against
+   double-precision loops and central finite differences, thread-count independence, and
+   work sizes that are honest. */
+#include <stdlib.h>
+#include <string.h>
+#include "test.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static void conv_set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+/* n, c_in, h, w, c_out, kh, kw, stride, pad: kernels 1, 3, 7 (and 1x3), strides 1 and 2,
+   pads 0, 1, 3, odd sizes, batch 1 and 3, and enough channels to cross the blocking. */
+static const int geoms[][9] = {
+    {1, 3, 7, 9, 4, 3, 3, 1, 1},  {3, 2, 11, 8, 5, 3, 3, 2, 1},   {1, 4, 13, 13, 3, 7, 7, 2, 3},
+    {3, 5, 6, 7, 6, 1, 1, 1, 0},  {2, 6, 9, 9, 7, 1, 1, 2, 0},    {1, 3, 10, 5, 2, 3, 3, 1, 0},
+    {3, 3, 15, 15, 4, 7, 7, 1, 3}, {1, 3, 5, 5, 2, 3, 3, 2, 3},   {2, 3, 6, 7, 4, 1, 3, 1, 1},
+    {3, 2, 5, 6, 3, 1, 1, 1, 1},  {2, 16, 8, 8, 33, 3, 3, 1, 1},  {1, 40, 9, 7, 70, 3, 3, 1, 1},
+    {3, 37, 7, 7, 35, 3, 3, 2, 1}, {1, 300, 3, 3, 20, 1, 1, 1, 0}, {1, 1, 1, 1, 1, 1, 1, 1, 0}};
+
+static int geom_from(dtnh_conv_geom *g, const int *p) {
+    return dtnh_conv_geom_init(g, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], NULL) ==
+           DTNH_OK;
+}
+
+static size_t x_count(const dtnh_conv_geom *g) { return (size_t)g->n * g->c_in * g->h * g->w; }
+static size_t y_count(const dtnh_conv_geom *g) { return (size_t)g->n * g->c_out * g->oh * g->ow; }
+static size_t w_count(const dtnh_conv_geom *g) { return (size_t)g->c_out * g->c_in * g->kh * g->kw; }
+
+static float *rnd(size_t n, dtnh_rng *r) {
+    float *x = (float *)malloc((n ? n : 1) * sizeof(float));
+    size_t i;
+    for (i = 0; i < n; i++) x[i] = 2.0f * dtnh_rng_uniform(r) - 1.0f;
+    return x;
+}
+
+/* Work of exactly dtnh_conv_work_bytes, followed by guard bytes that must stay intact. */
+#define GUARD 256
+static void *conv_work(dtnh_work *w, const dtnh_conv_geom *g, int threads) {
+    size_t bytes = dtnh_conv_work_bytes(g, threads);
+    unsigned char *mem = (unsigned char *)malloc(bytes + 64 + GUARD);
+    dtnh_arena a;
+    dtnh_arena_init(&a, mem, bytes + 64 + GUARD);
+    dtnh_work_alloc(w, &a, bytes, threads, NULL);
+    memset((unsigned char *)w->buf + bytes, 0xC3, GUARD);
+    return mem;
+}
+static int guard_intact(const dtnh_work *w) {
+    const unsigned char *p = (const unsigned char *)w->buf + w->bytes;
+    int i;
+    for (i = 0; i < GUARD; i++)
+        if (p[i] != 0xC3) return 0;
+    return 1;
+}
+
+/* The input pixel a tap reads, or -1 off the edge. */
+static long tap(const dtnh_conv_geom *g, int oy, int ox, int i, int j) {
+    int iy = oy * g->stride - g->pad + i, ix = ox * g->stride - g->pad + j;
+    if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) return -1;
+    return (long)iy * g->w + ix;
+}
+
+/* Visits every (output, input, weight) triple of the convolution once, in double. */
+typedef void (*triple_fn)(void *ctx, size_t yi, size_t xi, size_t wi);
+static void for_each_triple(const dtnh_conv_geom *g, triple_fn fn, void *ctx) {
+    int n, co, c, oy, ox, i, j;
+    for (n = 0; n < g->n; n++)
+        for (co = 0; co < g->c_out; co++)
+            for (oy = 0; oy < g->oh; oy++)
+                for (ox = 0; ox < g->ow; ox++)
+                    for (c = 0; c < g->c_in; c++)
+                        for (i = 0; i < g->kh; i++)
+                            for (j = 0; j < g->kw; j++) {
+                                long s = tap(g, oy, ox, i, j);
+                                if (s < 0) continue;
+                                fn(ctx,
+                                   (((size_t)n * g->c_out + co) * g->oh + oy) * g->ow + ox,
+                                   ((size_t)n * g->c_in + c) * g->h * g->w + (size_t)s,
+                                   (((size_t)co * g->c_in + c) * g->kh + i) * g->kw + j);
+                            }
+}
+
+/* Reference values and error bounds (sums of |terms|) in double. */
+typedef struct ref_ctx {
+    const float *x, *w, *dy;
+    double *y, *ybound, *dx, *dxbound, *dw, *dwbound;
+} ref_ctx;
+static void ref_triple(void *vc, size_t yi, size_t xi, size_t wi) {
+    ref_ctx *c = (ref_ctx *)vc;
+    double xw = (double)c->x[xi] * c->w[wi];
+    double dyw = (double)c->dy[yi] * c->w[wi], dyx = (double)c->dy[yi] * c->x[xi];
+    c->y[yi] += xw;
+    c->ybound[yi] += fabs(xw);
+    c->dx[xi] += dyw;
+    c->dxbound[xi] += fabs(dyw);
+    c->dw[wi] += dyx;
+    c->dwbound[wi] += fabs(dyx);
+}
+
+static double *zeros(size_t n) { return (double *)calloc(n ? n : 1, sizeof(double)); }
+
+/* |got - ref| <= 1.2e-7 * (terms + 4) * bound, the float accumulation bound with margin. */
+static int close_all(const float *got, const double *ref, const double *bound, size_t n,
+                     size_t terms, size_t *bad) {
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (!(fabs(got[i] - ref[i]) <= 1.2e-7 * (double)(terms + 4) * bound[i] + 1e-30)) {
+            *bad = i;
+            return 0;
+        }
+    return 1;
+}
+
+/* All three passes of one geometry against the reference; msg says what failed. */
+static int conv_case_ok(const dtnh_conv_geom *g, dtnh_rng *r, char *msg) {
+    size_t nx = x_count(g), ny = y_count(g), nw = w_count(g), bad = 0, i;
+    size_t kk = (size_t)g->c_in * g->kh * g->kw, nohw = (size_t)g->n * g->oh * g->ow;
+    float *x = rnd(nx, r), *w = rnd(nw, r), *dy = rnd(ny, r), *bias = rnd((size_t)g->c_out, r);
+    float *y = rnd(ny, r), *dx = rnd(nx, r), *dw = rnd(nw, r), *db = rnd((size_t)g->c_out, r);
+    double *dbref = zeros((size_t)g->c_out);
+    ref_ctx c;
+    dtnh_work work;
+    void *mem = conv_work(&work, g, 1);
+    int ok = 1;
+    c.x = x; c.w = w; c.dy = dy;
+    c.y = zeros(ny); c.ybound = zeros(ny); c.dx = zeros(nx); c.dxbound = zeros(nx);
+    c.dw = zeros(nw); c.dwbound = zeros(nw);
+    for_each_triple(g, ref_triple, &c);
+    for (i = 0; i < ny; i++) {
+        c.y[i] += bias[(i / ((size_t)g->oh * g->ow)) % g->c_out];
+        c.ybound[i] += fabs(bias[(i / ((size_t)g->oh * g->ow)) % g->c_out]);
+        dbref[(i / ((size_t)g->oh * g->ow)) % g->c_out] += dy[i];
+    }
+    dtnh_conv2d_forward(g, x, w, bias, y, &work);
+    if (ok && !close_all(y, c.y, c.ybound, ny, kk + 1, &bad))
+        ok = 0, sprintf(msg, "forward y[%zu] = %.9g, expected %.9g", bad, y[bad], c.y[bad]);
+    dtnh_conv2d_backward_data(g, dy, w, dx, &work);
+    if (ok && !close_all(dx, c.dx, c.dxbound, nx, (size_t)g->c_out * g->kh * g->kw, &bad))
+        ok = 0, sprintf(msg, "backward_data dx[%zu] = %.9g, expected %.9g", bad, dx[bad], c.dx[bad]);
+    dtnh_conv2d_backward_weights(g, x, dy, dw, db, 0, &work);
+    if (ok && !close_all(dw, c.dw, c.dwbound, nw, nohw, &bad))
+        ok = 0, sprintf(msg, "backward_weights dw[%zu] = %.9g, expected %.9g", bad, dw[bad], c.dw[bad]);
+    for (i = 0; ok && i < (size_t)g->c_out; i++)
+        if (!(fabs(db[i] - dbref[i]) <= 1.2e-7 * (double)(nohw + 4) * (double)nohw))
+            ok = 0, sprintf(msg, "dbias[%zu] = %.9g, expected %.9g", i, db[i], dbref[i]);
+    if (ok && !guard_intact(&work)) ok = 0, sprintf(msg, "work written past its size");
+    free(x); free(w); free(dy); free(bias); free(y); free(dx); free(dw); free(db); free(dbref);
+    free(c.y); free(c.ybound); free(c.dx); free(c.dxbound); free(c.dw); free(c.dwbound);
+    free(mem);
+    return ok;
+}
+
+static void conv_passes_match_reference_loops(void) {
+    dtnh_rng r;
+    char msg[256] = "";
+    size_t s;
+    dtnh_rng_seed(&r, 10);
+    for (s = 0; s < sizeof geoms / sizeof geoms[0]; s++) {
+        dtnh_conv_geom g;
+        CHECK_MSG(geom_from(&g, geoms[s]), "geometry %zu rejected", s);
+        CHECK_MSG(conv_case_ok(&g, &r, msg), "geometry %zu: %s", s, msg);
+    }
+}
+
+/* L(x, w, b) = sum(r * conv(x, w) + b) in double; its central differences must match the
+   backward passes with dy = r. L is linear in each argument, so h can be large. */
+static double loss(const dtnh_conv_geom *g, const float *x, const float *w, const float *b,
+                   const float *rr) {
+    ref_ctx c;
+    size_t ny = y_count(g), nx = x_count(g), nw = w_count(g), i;
+    double L = 0;
+    c.x = x; c.w = w; c.dy = rr;
+    c.y = zeros(ny); c.ybound = zeros(ny); c.dx = zeros(nx); c.dxbound = zeros(nx);
+    c.dw = zeros(nw); c.dwbound = zeros(nw);
+    for_each_triple(g, ref_triple, &c);
+    for (i = 0; i < ny; i++) L += rr[i] * (c.y[i] + b[(i / ((size_t)g->oh * g->ow)) % g->c_out]);
+    free(c.y); free(c.ybound); free(c.dx); free(c.dxbound); free(c.dw); free(c.dwbound);
+    return L;
+}
+
+static double central_diff(const dtnh_conv_geom *g, float *x, float *w, float *b, const float *rr,
+                           float *p) {
+    const float h = 0.25f, keep = *p;
+    double up, down;
+    *p = keep + h;
+    up = loss(g, x, w, b, rr);
+    *p = keep - h;
+    down = loss(g, x, w, b, rr);
+    *p = keep;
+    return (up - down) / (2.0 * h);
+}
+
+static void conv_gradients_match_finite_differences(void) {
+    static const int fd[][9] = {{2, 3, 7, 6, 4, 3, 3, 1, 1}, {3, 2, 9, 9, 3, 3, 3, 2, 1},
+                                {1, 2, 11, 11, 2, 7, 7, 2, 3}, {2, 4, 5, 5, 3, 1, 1, 2, 0}};
+    dtnh_rng r;
+    size_t s;
+    int t;
+    dtnh_rng_seed(&r, 11);
+    for (s = 0; s < sizeof fd / sizeof fd[0]; s++) {
+        dtnh_conv_geom g;
+        dtnh_work work;
+        float *x, *w, *b, *rr, *dx, *dw, *db;
+        void *mem;
+        CHECK(geom_from(&g, fd[s]));
+        x = rnd(x_count(&g), &r); w = rnd(w_count(&g), &r); b = rnd((size_t)g.c_out, &r);
+        rr = rnd(y_count(&g), &r); dx = rnd(x_count(&g), &r); dw = rnd(w_count(&g), &r);
+        db = rnd((size_t)g.c_out, &r);
+        mem = conv_work(&work, &g, 1);
+        dtnh_conv2d_backward_data(&g, rr, w, dx, &work);
+        dtnh_conv2d_backward_weights(&g, x, rr, dw, db, 0, &work);
+        for (t = 0; t < 6; t++) {
+            size_t xi = dtnh_rng_below(&r, (uint32_t)x_count(&g));
+            size_t wi = dtnh_rng_below(&r, (uint32_t)w_count(&g));
+            size_t bi = dtnh_rng_below(&r, (uint32_t)g.c_out);
+            CHECK_NEAR(dx[xi], central_diff(&g, x, w, b, rr, &x[xi]), 1e-4);
+            CHECK_NEAR(dw[wi], central_diff(&g, x, w, b, rr, &w[wi]), 1e-4);
+            CHECK_NEAR(db[bi], central_diff(&g, x, w, b, rr, &b[bi]), 1e-4);
+        }
+        free(x); free(w); free(b); free(rr); free(dx); free(dw); free(db); free(mem);
+    }
+}
+
+static void conv_backward_weights_accumulates_when_asked(void) {
+    static const int p[9] = {2, 5, 8, 8, 6, 3, 3, 1, 1};
+    dtnh_conv_geom g;
+    dtnh_work work;
+    dtnh_rng r;
+    float *x, *dy, *dw0, *dw, *db0, *db;
+    void *mem;
+    size_t i;
+    CHECK(geom_from(&g, p));
+    dtnh_rng_seed(&r, 12);
+    x = rnd(x_count(&g), &r); dy = rnd(y_count(&g), &r);
+    dw0 = rnd(w_count(&g), &r); dw = rnd(w_count(&g), &r);
+    db0 = rnd((size_t)g.c_out, &r); db = rnd((size_t)g.c_out, &r);
+    mem = conv_work(&work, &g, 1);
+    dtnh_conv2d_backward_weights(&g, x, dy, dw0, db0, 0, &work); /* the plain gradient */
+    for (i = 0; i < w_count(&g); i++) dw[i] = 1.0f;
+    for (i = 0; i < (size_t)g.c_out; i++) db[i] = -2.0f;
+    dtnh_conv2d_backward_weights(&g, x, dy, dw, db, 1, &work);
+    for (i = 0; i < w_count(&g); i++) CHECK_NEAR(dw[i], dw0[i] + 1.0f, 1e-5);
+    for (i = 0; i < (size_t)g.c_out; i++) CHECK_NEAR(db[i], db0[i] - 2.0f, 1e-5);
+    dtnh_conv2d_backward_weights(&g, x, dy, dw, NULL, 0, &work); /* no bias gradient */
+    for (i = 0; i < w_count(&g); i++) CHECK(dw[i] == dw0[i]);
+    free(x); free(dy); free(dw0); free(dw); free(db0); free(db); free(mem);
+}
+
+/* Every pass gives the same bits with one and two threads. */
+static void conv_is_identical_for_any_thread_count(void) {
+    static const int p[][9] = {{3, 16, 12, 12, 24, 3, 3, 1, 1}, {2, 8, 13, 13, 16, 3, 3, 2, 1},
+                               {3, 12, 8, 8, 20, 1, 1, 2, 0}, {1, 24, 10, 10, 8, 1, 1, 1, 0}};
+    size_t s;
+    dtnh_rng r;
+    dtnh_rng_seed(&r, 13);
+    for (s = 0; s < sizeof p / sizeof p[0]; s++) {
+        dtnh_conv_geom g;
+        dtnh_work w1, w2;
+        float *x, *w, *b, *dy, *out1[4], *out2[4];
+        size_t sizes[4];
+        void *m1, *m2;
+        int k;
+        CHECK(geom_from(&g, p[s]));
+        x = rnd(x_count(&g), &r); w = rnd(w_count(&g), &r); b = rnd((size_t)g.c_out, &r);
+        dy = rnd(y_count(&g), &r);
+        sizes[0] = y_count(&g); sizes[1] = x_count(&g); sizes[2] = w_count(&g);
+        sizes[3] = (size_t)g.c_out;
+        for (k = 0; k < 4; k++) out1[k] = rnd(sizes[k], &r), out2[k] = rnd(sizes[k], &r);
+        m1 = conv_work(&w1, &g, 1);
+        m2 = conv_work(&w2, &g, 2);
+        conv_set_threads(1);
+        dtnh_conv2d_forward(&g, x, w, b, out1[0], &w1);
+        dtnh_conv2d_backward_data(&g, dy, w, out1[1], &w1);
+        dtnh_conv2d_backward_weights(&g, x, dy, out1[2], out1[3], 0, &w1);
+        conv_set_threads(2);
+        dtnh_conv2d_forward(&g, x, w, b, out2[0], &w2);
+        dtnh_conv2d_backward_data(&g, dy, w, out2[1], &w2);
+        dtnh_conv2d_backward_weights(&g, x, dy, out2[2], out2[3], 0, &w2);
+        conv_set_threads(dtnh_threads());
+        for (k = 0; k < 4; k++)
+            CHECK_MSG(memcmp(out1[k], out2[k], sizes[k] * sizeof(float)) == 0,
+                      "geometry %zu, output %d differs", s, k);
+        CHECK(guard_intact(&w1) && guard_intact(&w2));
+        for (k = 0; k < 4; k++) free(out1[k]), free(out2[k]);
+        free(x); free(w); free(b); free(dy); free(m1); free(m2);
+    }
+}
+
+static void im2col_matches_definition_and_col2im_is_its_adjoint(void) {
+    static const int p[][9] = {{1, 3, 7, 6, 1, 3, 3, 2, 1}, {1, 2, 5, 9, 1, 7, 7, 1, 3},
+                               {1, 4, 6, 6, 1, 1, 1, 2, 0}};
+    dtnh_rng r;
+    size_t s;
+    dtnh_rng_seed(&r, 14);
+    for (s = 0; s < sizeof p / sizeof p[0]; s++) {
+        dtnh_conv_geom g;
+        size_t ohw, rows, i, nx;
+        float *x, *col, *c2, *back;
+        double lhs = 0, rhs = 0;
+        int c, ki, kj, oy, ox;
+        CHECK(geom_from(&g, p[s]));
+        ohw = (size_t)g.oh * g.ow;
+        rows = (size_t)g.c_in * g.kh * g.kw;
+        nx = x_count(&g);
+        x = rnd(nx, &r); col = rnd(rows * ohw, &r); c2 = rnd(rows * ohw, &r);
+        back = (float *)calloc(nx, sizeof(float));
+        dtnh_im2col(&g, x, col);
+        for (c = 0; c < g.c_in; c++)
+            for (ki = 0; ki < g.kh; ki++)
+                for (kj = 0; kj < g.kw; kj++)
+                    for (oy = 0; oy < g.oh; oy++)
+                        for (ox = 0; ox < g.ow; ox++) {
+                            long t = tap(&g, oy, ox, ki, kj);
+                            float want = t < 0 ? 0.0f : x[(size_t)c * g.h * g.w + (size_t)t];
+                            size_t at = (((size_t)c * g.kh + ki) * g.kw + kj) * ohw +
+                                        (size_t)oy * g.ow + ox;
+                            CHECK(col[at] == want);
+                        }
+        /* <im2col(x), c2> == <x, col2im(c2)> */
+        dtnh_col2im(&g, c2, back);
+        for (i = 0; i < rows * ohw; i++) lhs += (double)col[i] * c2[i];
+        for (i = 0; i < nx; i++) rhs += (double)x[i] * back[i];
+        CHECK_NEAR(lhs, rhs, 1e-5);
+        /* col2im adds to what the image holds */
+        for (i = 0; i < nx; i++) x[i] = back[i];
+        dtnh_col2im(&g, c2, back);
+        for (i = 0; i < nx; i++) CHECK_NEAR(back[i], 2.0f * x[i], 1e-6);
+        free(x); free(col); free(c2); free(back);
+    }
+}
+
+static void conv_geom_computes_output_size(void) {
+    dtnh_conv_geom g;
+    CHECK_OK(dtnh_conv_geom_init(&g, 8, 3, 224, 224, 64, 7, 7, 2, 3, NULL));
+    CHECK(g.oh == 112 && g.ow == 112);
+    CHECK_OK(dtnh_conv_geom_init(&g, 1, 64, 7, 8, 64, 3, 3, 2, 1, NULL));
+    CHECK(g.oh == 4 && g.ow == 4);
+    CHECK_OK(dtnh_conv_geom_init(&g, 1, 1, 1, 1, 1, 3, 3, 1, 1, NULL));
+    CHECK(g.oh == 1 && g.ow == 1);
+}
+
+static void conv_geom_rejects_bad_geometry(void) {
+    dtnh_conv_geom g;
+    dtnh_error err;
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 0, 3, 8, 8, 4, 3, 3, 1, 1, &err), DTNH_ERR_ARG);
+    CHECK(strstr(err.msg, "n=0") != NULL);
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 1, -3, 8, 8, 4, 3, 3, 1, 1, &err), DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 1, 3, 8, 8, 0, 3, 3, 1, 1, &err), DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 1, 3, 8, 8, 4, 3, 3, 0, 1, &err), DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 1, 3, 8, 8, 4, 3, 0, 1, 1, &err), DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 1, 3, 8, 8, 4, 3, 3, 1, -1, &err), DTNH_ERR_ARG);
+    CHECK(strstr(err.msg, "pad") != NULL);
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 1, 3, 4, 4, 4, 7, 7, 1, 1, &err), DTNH_ERR_SHAPE);
+    CHECK(strstr(err.msg, "larger") != NULL);
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 100000, 100000, 100000, 100000, 4, 1, 1, 1, 0, &err),
+                 DTNH_ERR_ARG);
+    CHECK(strstr(err.msg, "overflow") != NULL);
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 1, 3, 0x7fffffff, 1, 4, 1, 1, 1, 0x3fffffff, &err),
+                 DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_conv_geom_init(NULL, 1, 3, 8, 8, 4, 3, 3, 1, 1, &err), DTNH_ERR_ARG);
+}
+
+static void conv_work_bytes_are_counted_exactly(void) {
+    dtnh_conv_geom g;
+    dtnh_arena counter;
+    dtnh_work w;
+    CHECK_OK(dtnh_conv_geom_init(&g, 3, 16, 12, 12, 24, 3, 3, 1, 1, NULL));
+    dtnh_arena_init(&counter, NULL, 0);
+    CHECK_OK(dtnh_work_alloc(&w, &counter, dtnh_conv_work_bytes(&g, 2), 2, NULL));
+    CHECK(dtnh_arena_used(&counter) == dtnh_conv_work_bytes(&g, 2));
+    CHECK(dtnh_conv_work_bytes(&g, 2) >= dtnh_conv_work_bytes(&g, 1));
+}
+
+void suite_conv(void) {
+    RUN(conv_geom_computes_output_size);
+    RUN(conv_geom_rejects_bad_geometry);
+    RUN(conv_work_bytes_are_counted_exactly);
+    RUN(im2col_matches_definition_and_col2im_is_its_adjoint);
+    RUN(conv_passes_match_reference_loops);
+    RUN(conv_gradients_match_finite_differences);
+    RUN(conv_backward_weights_accumulates_when_asked);
+    RUN(conv_is_identical_for_any_thread_count);
+}
