@@ -36,12 +36,19 @@
    for any thread count, and without OpenMP.
 
    EXAMPLE (the smallest use of the core: a DTNH step on two gradients)
-      float w[3] = {1,2,3}, gj[3] = {1,0,0}, gom[3] = {-1,1,0};
-      dtnh_direction_config dc = {0};                  // zero means default: dtnh, global
+      float w[3] = {1,2,3}, gj[3] = {1,0,0}, gom[3] = {-1,1,0}, d[3];
       dtnh_direction_stats st;
-      dtnh_direction(&dc, 3, gj, gom, NULL, 0, NULL, &st, NULL);  // gom now orthogonal to gj
-      for (int i = 0; i < 3; i++) w[i] -= 0.1f * (gj[i] + gom[i]);
-      // st.projected == 1, st.cos_before < 0
+      dtnh_direction_flat(NULL, 3, gj, gom, d, &st, NULL);  // NULL config: DTNH, global
+      for (int i = 0; i < 3; i++) w[i] -= 0.1f * d[i];      // d = {1,1,0}: no pull against gj
+      // st.projected == 1, st.cos_j_omega < 0
+
+   With a network, the parameters live in a dtnh_params store and one fused call does the
+   direction and the optimizer (torch.optim's SGD, Adam or AdamW) in two passes:
+      dtnh_optim_init(&opt, &opt_cfg, &params, &arena, &err);      // once
+      ... backward into params.g_j, regularizer into params.g_omega ...
+      dtnh_step(&opt, &dir_cfg, &params, params.g_j, params.g_omega, &stats, &err);
+   and for L2-SP, whose g_Omega is a closed form, without storing g_Omega at all:
+      dtnh_step_l2sp(&opt, &dir_cfg, &l2sp_cfg, &params, params.g_j, &stats, &err);
 
    LICENSE: see the end of the file.
 */
