@@ -1,5 +1,665 @@
-/* ---- kernels ------------------------------------------------------------------------------- */
-/* Step 1: simple, correct reference loops. The packed, blocked versions replace them. */
+/* ---- kernels: GEMM ------------------------------------------------------------------------- */
+/* A GotoBLAS/BLIS-style SGEMM. C is cut into MC x NC blocks, K into KC slices; for each slice
+   an A block (MC x KC) and a B block (KC x NC) are packed into the work buffer, and a
+   register-blocked micro-kernel multiplies an MR x KC panel of A by a KC x NR sliver of B.
+   The packing routines read their operand through a view (plain, transposed, implicit im2col,
+   batch-folded), so convolutions run on the same engine without unfolding their input, and
+   the write-back likewise maps a tile of C onto a plain, transposed or batch-folded output.
+   Determinism: each element of C is a chain of FMAs over k in order inside a KC slice, and the
+   slices are added in order; threads only choose which tiles they compute. */
+
+#if !defined(DTNH_NO_SIMD) && defined(__AVX512F__)
+#include <immintrin.h>
+#define DTNH__AVX512 1
+#define DTNH__MR 8
+#define DTNH__NR 32
+#elif !defined(DTNH_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define DTNH__AVX2 1
+#define DTNH__MR 6
+#define DTNH__NR 16
+#elif !defined(DTNH_NO_SIMD) && defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+#define DTNH__NEON 1
+#define DTNH__MR 8
+#define DTNH__NR 12
+#else
+#define DTNH__MR 4
+#define DTNH__NR 16
+#endif
+
+#define DTNH__KC 256  /* the longest K slice: a KC x NR sliver of B stays in L1 */
+#define DTNH__MC 256  /* rows of the packed A block, which stays in L2 */
+#define DTNH__NC 1024 /* columns of the packed B block */
+#define DTNH__PAR_MADDS 262144.0 /* multiply-adds below which one thread is quicker */
+
+static int dtnh__kmin(int a, int b) { return a < b ? a : b; }
+static int dtnh__kround_up(int x, int m) { return (x + m - 1) / m * m; }
+
+/* ---- small vector helpers: short runs of floats (zero, copy, update) ------------------------ */
+
+static void dtnh__vzero(float *d, int n) {
+    int i;
+#if defined(DTNH__AVX512)
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_setzero_ps());
+    if (i < n) _mm512_mask_storeu_ps(d + i, (__mmask16)((1u << (n - i)) - 1u), _mm512_setzero_ps());
+#else
+    for (i = 0; i < n; i++) d[i] = 0.0f;
+#endif
+}
+
+static void dtnh__vcopy(float *DTNH__RESTRICT d, const float *DTNH__RESTRICT s, int n) {
+    int i;
+#if defined(DTNH__AVX512)
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_loadu_ps(s + i));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(d + i, m, _mm512_maskz_loadu_ps(m, s + i));
+    }
+#else
+    for (i = 0; i < n; i++) d[i] = s[i];
+#endif
+}
+
+/* dst[i * dst_stride + j] = src[j * src_stride + i] for an 8 x 8 block: the building block of
+   every transposing pack and of the transposed write-back. */
+#if defined(__AVX__) && !defined(DTNH_NO_SIMD)
+#define DTNH__AVX_TRANSPOSE 1
+static void dtnh__transpose8_regs(__m256 *r) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+static void dtnh__transpose8(const float *src, size_t src_stride, float *dst, size_t dst_stride) {
+    __m256 r[8];
+    int i;
+    for (i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + (size_t)i * src_stride);
+    dtnh__transpose8_regs(r);
+    for (i = 0; i < 8; i++) _mm256_storeu_ps(dst + (size_t)i * dst_stride, r[i]);
+}
+#else
+static void dtnh__transpose8(const float *src, size_t src_stride, float *dst, size_t dst_stride) {
+    int i, j;
+    for (i = 0; i < 8; i++)
+        for (j = 0; j < 8; j++) dst[(size_t)i * dst_stride + j] = src[(size_t)j * src_stride + i];
+}
+#endif
+
+/* How one K slice's product t lands in C: the first slice applies beta (0 ignores C, NaN
+   included) and a per-row bias; later slices add. */
+typedef struct dtnh__blend {
+    float alpha, beta, bias;
+    int first;
+} dtnh__blend;
+
+static void dtnh__blend_run(float *DTNH__RESTRICT c, const float *DTNH__RESTRICT t, int n,
+                             const dtnh__blend *u) {
+    int i = 0;
+#if defined(DTNH__AVX512)
+    __m512 va = _mm512_set1_ps(u->alpha), vb = _mm512_set1_ps(u->beta);
+    __m512 vbias = _mm512_set1_ps(u->bias);
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+        __m512 vt = _mm512_maskz_loadu_ps(m, t + i), v;
+        if (!u->first) v = _mm512_fmadd_ps(va, vt, _mm512_maskz_loadu_ps(m, c + i));
+        else if (u->beta == 0.0f) v = _mm512_fmadd_ps(va, vt, vbias);
+        else v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c + i), _mm512_fmadd_ps(va, vt, vbias));
+        _mm512_mask_storeu_ps(c + i, m, v);
+    }
+#elif defined(DTNH__AVX2)
+    __m256 va = _mm256_set1_ps(u->alpha), vb = _mm256_set1_ps(u->beta);
+    __m256 vbias = _mm256_set1_ps(u->bias);
+    for (; i + 8 <= n; i += 8) {
+        __m256 vt = _mm256_loadu_ps(t + i), v;
+        if (!u->first) v = _mm256_fmadd_ps(va, vt, _mm256_loadu_ps(c + i));
+        else if (u->beta == 0.0f) v = _mm256_fmadd_ps(va, vt, vbias);
+        else v = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + i), _mm256_fmadd_ps(va, vt, vbias));
+        _mm256_storeu_ps(c + i, v);
+    }
+#endif
+    for (; i < n; i++) {
+        if (!u->first) c[i] += u->alpha * t[i];
+        else if (u->beta == 0.0f) c[i] = u->alpha * t[i] + u->bias;
+        else c[i] = u->alpha * t[i] + u->bias + u->beta * c[i];
+    }
+}
+
+/* ---- micro-kernels: tile[MR][NR] = panel[MR][kc] * sliver[kc][NR] -------------------------- */
+/* Hot loops, written out by hand per instruction set; each keeps the whole tile in registers. */
+
+#if defined(DTNH__AVX512)
+/* 8 x 32: sixteen zmm accumulators, two vectors of B and one broadcast of A per row. */
+#define DTNH__ROW512(r)                                          \
+    do {                                                         \
+        __m512 a_ = _mm512_set1_ps(a##r[k]);                     \
+        c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);              \
+        c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);              \
+    } while (0)
+/* The eight rows of A are eight streams the hardware prefetcher loses track of: fetch each
+   row 64 floats ahead, one row per step. */
+#define DTNH__PREFETCH_A _mm_prefetch((const char *)(a + (k & 7) * kc + k + 64), _MM_HINT_T0)
+static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
+                         float *DTNH__RESTRICT tile) {
+    const float *a0 = a, *a1 = a + kc, *a2 = a + 2 * kc, *a3 = a + 3 * kc;
+    const float *a4 = a + 4 * kc, *a5 = a + 5 * kc, *a6 = a + 6 * kc, *a7 = a + 7 * kc;
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    int k;
+    for (k = 0; k < kc; k++, b += 32) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        DTNH__PREFETCH_A;
+        DTNH__ROW512(0); DTNH__ROW512(1); DTNH__ROW512(2); DTNH__ROW512(3);
+        DTNH__ROW512(4); DTNH__ROW512(5); DTNH__ROW512(6); DTNH__ROW512(7);
+    }
+    _mm512_store_ps(tile + 0, c00);   _mm512_store_ps(tile + 16, c01);
+    _mm512_store_ps(tile + 32, c10);  _mm512_store_ps(tile + 48, c11);
+    _mm512_store_ps(tile + 64, c20);  _mm512_store_ps(tile + 80, c21);
+    _mm512_store_ps(tile + 96, c30);  _mm512_store_ps(tile + 112, c31);
+    _mm512_store_ps(tile + 128, c40); _mm512_store_ps(tile + 144, c41);
+    _mm512_store_ps(tile + 160, c50); _mm512_store_ps(tile + 176, c51);
+    _mm512_store_ps(tile + 192, c60); _mm512_store_ps(tile + 208, c61);
+    _mm512_store_ps(tile + 224, c70); _mm512_store_ps(tile + 240, c71);
+}
+#undef DTNH__ROW512
+#elif defined(DTNH__AVX2)
+/* 6 x 16: twelve ymm accumulators, two vectors of B, one broadcast of A. */
+#define DTNH__ROW256(r)                                          \
+    do {                                                         \
+        __m256 a_ = _mm256_broadcast_ss(a##r + k);               \
+        c##r##0 = _mm256_fmadd_ps(a_, b0, c##r##0);              \
+        c##r##1 = _mm256_fmadd_ps(a_, b1, c##r##1);              \
+    } while (0)
+static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
+                         float *DTNH__RESTRICT tile) {
+    const float *a0 = a, *a1 = a + kc, *a2 = a + 2 * kc, *a3 = a + 3 * kc, *a4 = a + 4 * kc;
+    const float *a5 = a + 5 * kc;
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    int k;
+    for (k = 0; k < kc; k++, b += 16) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        /* six A streams: prefetch ahead as in the AVX-512 kernel */
+        _mm_prefetch((const char *)(a + (k & 3) * kc + k + 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(a + (4 + (k & 1)) * kc + k + 64), _MM_HINT_T0);
+        DTNH__ROW256(0); DTNH__ROW256(1); DTNH__ROW256(2);
+        DTNH__ROW256(3); DTNH__ROW256(4); DTNH__ROW256(5);
+    }
+    _mm256_store_ps(tile + 0, c00);  _mm256_store_ps(tile + 8, c01);
+    _mm256_store_ps(tile + 16, c10); _mm256_store_ps(tile + 24, c11);
+    _mm256_store_ps(tile + 32, c20); _mm256_store_ps(tile + 40, c21);
+    _mm256_store_ps(tile + 48, c30); _mm256_store_ps(tile + 56, c31);
+    _mm256_store_ps(tile + 64, c40); _mm256_store_ps(tile + 72, c41);
+    _mm256_store_ps(tile + 80, c50); _mm256_store_ps(tile + 88, c51);
+}
+#undef DTNH__ROW256
+#elif defined(DTNH__NEON)
+/* 8 x 12: twenty-four q accumulators, three vectors of B, A by scalar-times-vector FMA. */
+#define DTNH__ROWNEON(r)                                         \
+    do {                                                         \
+        float a_ = a##r[k];                                      \
+        c##r##0 = vfmaq_n_f32(c##r##0, b0, a_);                  \
+        c##r##1 = vfmaq_n_f32(c##r##1, b1, a_);                  \
+        c##r##2 = vfmaq_n_f32(c##r##2, b2, a_);                  \
+    } while (0)
+static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
+                         float *DTNH__RESTRICT tile) {
+    const float *a0 = a, *a1 = a + kc, *a2 = a + 2 * kc, *a3 = a + 3 * kc;
+    const float *a4 = a + 4 * kc, *a5 = a + 5 * kc, *a6 = a + 6 * kc, *a7 = a + 7 * kc;
+    float32x4_t c00 = vdupq_n_f32(0.0f), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
+    float32x4_t c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
+    float32x4_t c40 = c00, c41 = c00, c42 = c00, c50 = c00, c51 = c00, c52 = c00;
+    float32x4_t c60 = c00, c61 = c00, c62 = c00, c70 = c00, c71 = c00, c72 = c00;
+    int k;
+    for (k = 0; k < kc; k++, b += 12) {
+        float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4), b2 = vld1q_f32(b + 8);
+#if defined(__GNUC__)
+        __builtin_prefetch(a + (k & 7) * kc + k + 64); /* eight A streams, as on x86 */
+#endif
+        DTNH__ROWNEON(0); DTNH__ROWNEON(1); DTNH__ROWNEON(2); DTNH__ROWNEON(3);
+        DTNH__ROWNEON(4); DTNH__ROWNEON(5); DTNH__ROWNEON(6); DTNH__ROWNEON(7);
+    }
+    vst1q_f32(tile + 0, c00);  vst1q_f32(tile + 4, c01);  vst1q_f32(tile + 8, c02);
+    vst1q_f32(tile + 12, c10); vst1q_f32(tile + 16, c11); vst1q_f32(tile + 20, c12);
+    vst1q_f32(tile + 24, c20); vst1q_f32(tile + 28, c21); vst1q_f32(tile + 32, c22);
+    vst1q_f32(tile + 36, c30); vst1q_f32(tile + 40, c31); vst1q_f32(tile + 44, c32);
+    vst1q_f32(tile + 48, c40); vst1q_f32(tile + 52, c41); vst1q_f32(tile + 56, c42);
+    vst1q_f32(tile + 60, c50); vst1q_f32(tile + 64, c51); vst1q_f32(tile + 68, c52);
+    vst1q_f32(tile + 72, c60); vst1q_f32(tile + 76, c61); vst1q_f32(tile + 80, c62);
+    vst1q_f32(tile + 84, c70); vst1q_f32(tile + 88, c71); vst1q_f32(tile + 92, c72);
+}
+#undef DTNH__ROWNEON
+#else
+/* Portable C: a 4 x 16 tile in a local array the compiler can keep in registers. */
+static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
+                         float *DTNH__RESTRICT tile) {
+    float acc[DTNH__MR][DTNH__NR];
+    int k, r, q;
+    for (r = 0; r < DTNH__MR; r++)
+        for (q = 0; q < DTNH__NR; q++) acc[r][q] = 0.0f;
+    for (k = 0; k < kc; k++, b += DTNH__NR)
+        for (r = 0; r < DTNH__MR; r++) {
+            float av = a[r * kc + k];
+            for (q = 0; q < DTNH__NR; q++) acc[r][q] += av * b[q];
+        }
+    for (r = 0; r < DTNH__MR; r++)
+        for (q = 0; q < DTNH__NR; q++) tile[r * DTNH__NR + q] = acc[r][q];
+}
+#endif
+
+/* ---- operand views ------------------------------------------------------------------------- */
+
+/* How a packing routine finds element (row, col) of an operand, or where the write-back puts
+   element (row, col) of C. `g` describes the convolution for the conv views; a folded matrix
+   has one row per channel and its columns run over (image, pixel) of an NCHW tensor. */
+enum {
+    DTNH__ROWS,     /* p[row * ld + col] */
+    DTNH__COLS,     /* p[col * ld + row] */
+    DTNH__IM2COL,   /* rows (c, i, j), columns (image, oy, ox): the unfolded input, implicitly */
+    DTNH__FLIPPED,  /* A only: rows c_in, columns (c_out, i, j): w[c_out][c_in][kh-1-i][kw-1-j] */
+    DTNH__FOLDED,   /* C only: rows channels, columns (image, pixel) of p[image][ch][pixel] */
+    DTNH__FOLDED_T, /* B only: rows (image, pixel), columns channels, of p[image][ch][pixel] */
+    DTNH__SCATTER   /* C only: rows (c, i, j), columns (image, oy, ox) onto the input pixel they
+                       read; no two land on one pixel (kernel <= stride) */
+};
+
+typedef struct dtnh__view {
+    int kind;
+    float *p;
+    size_t ld;        /* ROWS, COLS */
+    int ch, plane;    /* FOLDED, FOLDED_T: channels and pixels per image */
+    int row0, col0;   /* ROWS: C's element (row0, col0) sits at p[0] */
+    dtnh_conv_geom g; /* IM2COL, FLIPPED, SCATTER */
+} dtnh__view;
+
+typedef struct dtnh__gemm {
+    int M, N, K;
+    float alpha, beta;
+    const float *bias; /* per row of C, added by the first K slice (beta is 0 then) */
+    dtnh__view a, b, c;
+} dtnh__gemm;
+
+static dtnh__view dtnh__view_plain(int kind, const float *p, size_t ld) {
+    dtnh__view v;
+    memset(&v, 0, sizeof v);
+    v.kind = kind;
+    v.p = (float *)p; /* views are read-only except C's */
+    v.ld = ld;
+    return v;
+}
+
+static dtnh__view dtnh__view_conv(int kind, const float *p, const dtnh_conv_geom *g) {
+    dtnh__view v = dtnh__view_plain(kind, p, 0);
+    v.g = *g;
+    return v;
+}
+
+static dtnh__view dtnh__view_folded(int kind, const float *p, int ch, int plane) {
+    dtnh__view v = dtnh__view_plain(kind, p, 0);
+    v.ch = ch;
+    v.plane = plane;
+    return v;
+}
+
+/* ---- im2col runs ------------------------------------------------------------------------ */
+
+/* Writes rows [row0, row0 + nrows) of the im2col matrix of image img, for the output pixels
+   (oy, ox0 .. ox0 + len - 1), to dst + r * dst_stride. Rows are (c, i, j) in order. */
+static void dtnh__im2col_run(const dtnh_conv_geom *g, const float *x, int img, int oy, int ox0,
+                             int len, int row0, int nrows, float *dst, size_t dst_stride) {
+    int kk = g->kh * g->kw, s = g->stride;
+    int c = row0 / kk, i = row0 % kk / g->kw, j = row0 % g->kw, r;
+    const float *ximg = x + (size_t)img * (size_t)g->c_in * (size_t)g->h * (size_t)g->w;
+    for (r = 0; r < nrows; r++, dst += dst_stride) {
+        int iy = oy * s - g->pad + i, ix0 = ox0 * s - g->pad + j, lo, hi, t;
+        if (iy < 0 || iy >= g->h) {
+            dtnh__vzero(dst, len);
+        } else {
+            const float *src = ximg + ((size_t)c * (size_t)g->h + (size_t)iy) * (size_t)g->w;
+            /* output t reads ix0 + t*s: valid for lo <= t < hi */
+            lo = ix0 < 0 ? (-ix0 + s - 1) / s : 0;
+            hi = g->w - ix0 > 0 ? (g->w - ix0 + s - 1) / s : 0;
+            if (lo > len) lo = len;
+            if (hi > len) hi = len;
+            if (hi < lo) hi = lo;
+            dtnh__vzero(dst, lo);
+            if (s == 1) dtnh__vcopy(dst + lo, src + ix0 + lo, hi - lo);
+            else
+                for (t = lo; t < hi; t++) dst[t] = src[ix0 + t * s];
+            dtnh__vzero(dst + hi, len - hi);
+        }
+        if (++j == g->kw) {
+            j = 0;
+            if (++i == g->kh) i = 0, c++;
+        }
+    }
+}
+
+/* Walks columns [col, end) of a conv matrix in runs that stay inside one output row and, when
+   split is not 0, inside one split-wide group (a B sliver). */
+typedef struct dtnh__runs {
+    int col, end, split, img, oy, ox, len;
+    int ow, ohw;
+} dtnh__runs;
+
+static void dtnh__runs_start(dtnh__runs *w, int ow, int ohw, int col, int end, int split) {
+    w->ow = ow;
+    w->ohw = ohw;
+    w->col = col;
+    w->end = end;
+    w->split = split;
+    w->img = col / ohw;
+    w->oy = col % ohw / ow;
+    w->ox = col % ohw % ow;
+}
+
+/* The next run from column base: returns 0 when done, else fills len. */
+static int dtnh__runs_next(dtnh__runs *w, int base) {
+    int len;
+    if (w->col >= w->end) return 0;
+    len = dtnh__kmin(w->ow - w->ox, w->end - w->col);
+    if (w->split) len = dtnh__kmin(len, w->split - (w->col - base) % w->split);
+    w->len = len;
+    return 1;
+}
+
+static void dtnh__runs_advance(dtnh__runs *w) {
+    w->col += w->len;
+    w->ox += w->len;
+    if (w->ox == w->ow) {
+        w->ox = 0;
+        if (++w->oy * w->ow == w->ohw) w->oy = 0, w->img++;
+    }
+}
+
+/* ---- packing ------------------------------------------------------------------------------- */
+
+/* A block rows [m0, m0+mc) x columns [k0, k0+kc) into MR-row panels, each row kc long. */
+static void dtnh__pack_a(const dtnh__gemm *G, int m0, int mc, int k0, int kc, float *dst) {
+    const dtnh__view *v = &G->a;
+    int p, r, k;
+    for (p = 0; p < mc; p += DTNH__MR, dst += DTNH__MR * kc) {
+        int mr = dtnh__kmin(DTNH__MR, mc - p), m = m0 + p;
+        if (v->kind == DTNH__ROWS) {
+            for (r = 0; r < mr; r++) dtnh__vcopy(dst + r * kc, v->p + (size_t)(m + r) * v->ld + k0, kc);
+        } else if (v->kind == DTNH__COLS) {
+            const float *src = v->p + (size_t)k0 * v->ld + m;
+            k = 0;
+            if (mr == 8)
+                for (; k + 8 <= kc; k += 8) dtnh__transpose8(src + (size_t)k * v->ld, v->ld, dst + k, (size_t)kc);
+            for (; k < kc; k++)
+                for (r = 0; r < mr; r++) dst[r * kc + k] = src[(size_t)k * v->ld + r];
+        } else if (v->kind == DTNH__IM2COL) {
+            dtnh__runs w;
+            dtnh__runs_start(&w, v->g.ow, v->g.oh * v->g.ow, k0, k0 + kc, 0);
+            for (; dtnh__runs_next(&w, k0); dtnh__runs_advance(&w))
+                dtnh__im2col_run(&v->g, v->p, w.img, w.oy, w.ox, w.len, m, mr, dst + (w.col - k0),
+                                 (size_t)kc);
+        } else { /* FLIPPED: row c_in m+r, column (co, i, j) */
+            const dtnh_conv_geom *g = &v->g;
+            int kk = g->kh * g->kw;
+            for (r = 0; r < mr; r++) {
+                int co = k0 / kk, i = k0 % kk / g->kw, j = k0 % g->kw;
+                for (k = 0; k < kc; k++) {
+                    dst[r * kc + k] = v->p[(((size_t)co * g->c_in + (size_t)(m + r)) * g->kh +
+                                            (size_t)(g->kh - 1 - i)) * g->kw + (size_t)(g->kw - 1 - j)];
+                    if (++j == g->kw) {
+                        j = 0;
+                        if (++i == g->kh) i = 0, co++;
+                    }
+                }
+            }
+        }
+        for (r = mr; r < DTNH__MR; r++) dtnh__vzero(dst + r * kc, kc);
+    }
+}
+
+/* One sliver of B = dY^T: rows (image, pixel), columns channels n .. n+nr of dY[image][ch][pixel];
+   8 x 8 transposes inside each image's run of pixels. */
+static void dtnh__pack_folded_t(const dtnh__view *v, int k0, int kc, int n, int nr, float *dst) {
+    int k = 0, q, i;
+    while (k < kc) {
+        int img = (k0 + k) / v->plane, px = (k0 + k) % v->plane;
+        int run = dtnh__kmin(v->plane - px, kc - k), t;
+        const float *src = v->p + ((size_t)img * v->ch + (size_t)n) * v->plane + (size_t)px;
+        for (q = 0; q < nr; q += 8) {
+            int w8 = dtnh__kmin(8, nr - q);
+            t = 0;
+            if (w8 == 8)
+                for (; t + 8 <= run; t += 8)
+                    dtnh__transpose8(src + (size_t)q * v->plane + t, (size_t)v->plane,
+                                     dst + (size_t)(k + t) * DTNH__NR + q, DTNH__NR);
+            for (; t < run; t++)
+                for (i = 0; i < w8; i++)
+                    dst[(size_t)(k + t) * DTNH__NR + q + i] = src[(size_t)(q + i) * v->plane + t];
+        }
+        k += run;
+    }
+}
+
+/* B block rows [k0, k0+kc) x columns [n0, n0+nc) into NR-column slivers, each kc x NR. */
+static void dtnh__pack_b(const dtnh__gemm *G, int k0, int kc, int n0, int nc, float *dst) {
+    const dtnh__view *v = &G->b;
+    int s, q, k;
+    if (v->kind == DTNH__IM2COL) {
+        dtnh__runs w;
+        dtnh__runs_start(&w, v->g.ow, v->g.oh * v->g.ow, n0, n0 + nc, DTNH__NR);
+        for (; dtnh__runs_next(&w, n0); dtnh__runs_advance(&w)) {
+            int rel = w.col - n0;
+            dtnh__im2col_run(&v->g, v->p, w.img, w.oy, w.ox, w.len, k0, kc,
+                             dst + (size_t)(rel / DTNH__NR) * kc * DTNH__NR + rel % DTNH__NR,
+                             DTNH__NR);
+        }
+    }
+    for (s = 0; s < nc; s += DTNH__NR, dst += (size_t)kc * DTNH__NR) {
+        int nr = dtnh__kmin(DTNH__NR, nc - s), n = n0 + s;
+        if (v->kind == DTNH__ROWS) {
+            for (k = 0; k < kc; k++)
+                dtnh__vcopy(dst + k * DTNH__NR, v->p + (size_t)(k0 + k) * v->ld + n, nr);
+        } else if (v->kind == DTNH__COLS) {
+            for (q = 0; q < nr; q += 8) {
+                const float *src = v->p + (size_t)(n + q) * v->ld + k0;
+                int w8 = dtnh__kmin(8, nr - q), i;
+                k = 0;
+                if (w8 == 8)
+                    for (; k + 8 <= kc; k += 8) dtnh__transpose8(src + k, v->ld, dst + k * DTNH__NR + q, DTNH__NR);
+                for (; k < kc; k++)
+                    for (i = 0; i < w8; i++) dst[k * DTNH__NR + q + i] = src[(size_t)i * v->ld + k];
+            }
+        } else if (v->kind == DTNH__FOLDED_T) {
+            dtnh__pack_folded_t(v, k0, kc, n, nr, dst);
+        }
+        if (nr < DTNH__NR)
+            for (k = 0; k < kc; k++) dtnh__vzero(dst + k * DTNH__NR + nr, DTNH__NR - nr);
+    }
+}
+
+/* ---- write-back of one tile ------------------------------------------------------------- */
+
+static void dtnh__store_tile(const dtnh__gemm *G, int m0, int mr, int n0, int nr, const float *tile,
+                             int first) {
+    const dtnh__view *v = &G->c;
+    dtnh__blend u;
+    int r, q;
+    u.alpha = G->alpha;
+    u.beta = G->beta;
+    u.first = first;
+    u.bias = 0.0f;
+    if (v->kind == DTNH__COLS) {
+        DTNH_ALIGNED(64) float tt[DTNH__NR * 8];
+        for (q = 0; q < nr; q += 8) {
+            int w8 = dtnh__kmin(8, nr - q), i;
+            if (mr == 8 && w8 == 8) {
+                dtnh__transpose8(tile + q, DTNH__NR, tt, 8);
+            } else {
+                for (i = 0; i < w8; i++)
+                    for (r = 0; r < mr; r++) tt[i * 8 + r] = tile[r * DTNH__NR + q + i];
+            }
+            for (i = 0; i < w8; i++)
+                dtnh__blend_run(v->p + (size_t)(n0 + q + i) * v->ld + m0, tt + i * 8, mr, &u);
+        }
+        return;
+    }
+    for (r = 0; r < mr; r++) {
+        const float *t = tile + r * DTNH__NR;
+        int m = m0 + r;
+        if (G->bias) u.bias = G->bias[m];
+        if (v->kind == DTNH__ROWS) {
+            dtnh__blend_run(v->p + (size_t)(m - v->row0) * v->ld + (size_t)(n0 - v->col0), t, nr, &u);
+        } else if (v->kind == DTNH__FOLDED) {
+            int img = n0 / v->plane, px = n0 % v->plane;
+            for (q = 0; q < nr;) {
+                int len = dtnh__kmin(v->plane - px, nr - q);
+                dtnh__blend_run(v->p + ((size_t)img * v->ch + (size_t)m) * v->plane + (size_t)px, t + q, len, &u);
+                q += len;
+                px = 0;
+                img++;
+            }
+        } else { /* SCATTER */
+            const dtnh_conv_geom *g = &v->g;
+            int kk = g->kh * g->kw, c = m / kk, i = m % kk / g->kw, j = m % g->kw;
+            int ohw = g->oh * g->ow;
+            for (q = 0; q < nr; q++) {
+                int col = n0 + q, img = col / ohw, oy = col % ohw / g->ow, ox = col % g->ow;
+                int iy = oy * g->stride - g->pad + i, ix = ox * g->stride - g->pad + j;
+                if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w)
+                    dtnh__blend_run(v->p + (((size_t)img * g->c_in + (size_t)c) * g->h + (size_t)iy) * g->w + (size_t)ix,
+                                     t + q, 1, &u);
+            }
+        }
+    }
+}
+
+/* ---- the blocked loops ------------------------------------------------------------------ */
+
+/* Block sizes for one multiplication. Only kc changes the arithmetic (how K is sliced), and it
+   depends on K alone; mc and nc shrink to the matrix so small products need little work. */
+typedef struct dtnh__plan {
+    int mc, nc, kc;
+    size_t a_floats, b_floats, extra_floats, thread_bytes;
+} dtnh__plan;
+
+static void dtnh__plan_make(int M, int N, int K, size_t extra_floats, dtnh__plan *p) {
+    int slices = (K + DTNH__KC - 1) / DTNH__KC;
+    p->kc = (K + slices - 1) / slices;
+    p->mc = dtnh__kmin(DTNH__MC / DTNH__MR * DTNH__MR, dtnh__kround_up(M, DTNH__MR));
+    p->nc = dtnh__kmin(DTNH__NC / DTNH__NR * DTNH__NR, dtnh__kround_up(N, DTNH__NR));
+    /* 16-float multiples keep every buffer 64-byte aligned */
+    p->a_floats = ((size_t)p->mc * (size_t)p->kc + 15) / 16 * 16;
+    p->b_floats = ((size_t)p->kc * (size_t)p->nc + 15) / 16 * 16;
+    p->extra_floats = extra_floats;
+    p->thread_bytes = ((p->a_floats + p->b_floats + extra_floats) * sizeof(float) + 63) / 64 * 64;
+}
+
+/* C rows [m_lo, m_hi) x columns [n_lo, n_hi), all of K, on one thread's buffers. */
+static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
+                             int n_lo, int n_hi, float *abuf, float *bbuf) {
+    DTNH_ALIGNED(64) float tile[DTNH__MR * DTNH__NR];
+    int jc, pc, ic, jr, ir;
+    for (jc = n_lo; jc < n_hi; jc += P->nc) {
+        int nc = dtnh__kmin(P->nc, n_hi - jc);
+        for (pc = 0; pc < G->K; pc += P->kc) {
+            int kc = dtnh__kmin(P->kc, G->K - pc);
+            dtnh__pack_b(G, pc, kc, jc, nc, bbuf);
+            for (ic = m_lo; ic < m_hi; ic += P->mc) {
+                int mc = dtnh__kmin(P->mc, m_hi - ic);
+                dtnh__pack_a(G, ic, mc, pc, kc, abuf);
+                for (jr = 0; jr < nc; jr += DTNH__NR) {
+                    const float *b = bbuf + (size_t)(jr / DTNH__NR) * kc * DTNH__NR;
+                    for (ir = 0; ir < mc; ir += DTNH__MR) {
+                        dtnh__kernel(kc, abuf + (size_t)(ir / DTNH__MR) * DTNH__MR * kc, b, tile);
+                        dtnh__store_tile(G, ic + ir, dtnh__kmin(DTNH__MR, mc - ir), jc + jr,
+                                         dtnh__kmin(DTNH__NR, nc - jr), tile, pc == 0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+static int dtnh__omp_thread(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+static int dtnh__omp_team(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Threads the work buffer holds and OpenMP offers. */
+static int dtnh__threads_for(const dtnh_work *work, size_t thread_bytes, double madds) {
+    int t = dtnh__kmin(work->threads, dtnh_threads());
+    size_t fit = work->bytes > 64 ? (work->bytes - 64) / thread_bytes : 0;
+    if ((size_t)t > fit) t = (int)fit;
+    if (madds < DTNH__PAR_MADDS) t = 1;
+    return t < 1 ? 1 : t;
+}
+
+static float *dtnh__thread_buf(const dtnh_work *work, const dtnh__plan *P, int tid) {
+    uintptr_t p = ((uintptr_t)work->buf + 63) / 64 * 64;
+    return (float *)(p + (uintptr_t)tid * P->thread_bytes);
+}
+
+/* Packing cost of an operand, relative: it decides which operand threads pack redundantly. */
+static double dtnh__pack_cost(int kind) {
+    return kind == DTNH__ROWS ? 1.0 : kind == DTNH__IM2COL ? 3.0 : 2.0;
+}
+
+/* Splits the columns (1) or the rows (0) among T threads: balance first, then the cheaper
+   redundant packing (splitting N packs A on every thread, splitting M packs B). */
+static int dtnh__split_columns(const dtnh__gemm *G, int T) {
+    double nu = (G->N + DTNH__NR - 1) / DTNH__NR, mu = (G->M + DTNH__MR - 1) / DTNH__MR;
+    double eff_n = nu / (T * ceil(nu / T)), eff_m = mu / (T * ceil(mu / T));
+    double extra_n = 32.0 * dtnh__pack_cost(G->a.kind) * (T - 1) / G->N;
+    double extra_m = 32.0 * dtnh__pack_cost(G->b.kind) * (T - 1) / G->M;
+    return (1.0 + extra_n) / eff_n <= (1.0 + extra_m) / eff_m;
+}
+
+/* [lo, hi) of `units` units of `size` (last one short, total `n`) for thread t of T. */
+static void dtnh__share(int n, int size, int t, int T, int *lo, int *hi) {
+    int units = (n + size - 1) / size;
+    *lo = dtnh__kmin(n, units * t / T * size);
+    *hi = dtnh__kmin(n, units * (t + 1) / T * size);
+}
+
+static void dtnh__gemm_run(const dtnh__gemm *G, const dtnh_work *work) {
+    dtnh__plan P;
+    int T, by_cols;
+    dtnh__plan_make(G->M, G->N, G->K, 0, &P);
+    T = dtnh__threads_for(work, P.thread_bytes, (double)G->M * G->N * G->K);
+    by_cols = dtnh__split_columns(G, T);
+    (void)T; /* used only by the pragma */
+    DTNH_ASSERT(work->bytes >= P.thread_bytes + 64 && work->buf);
+    DTNH__OMP(parallel num_threads(T) if (T > 1))
+    {
+        int t = dtnh__omp_thread(), nt = dtnh__omp_team(), m_lo = 0, m_hi = G->M, n_lo = 0, n_hi = G->N;
+        float *abuf = dtnh__thread_buf(work, &P, t);
+        if (by_cols) dtnh__share(G->N, DTNH__NR, t, nt, &n_lo, &n_hi);
+        else dtnh__share(G->M, DTNH__MR, t, nt, &m_lo, &m_hi);
+        if (m_lo < m_hi && n_lo < n_hi) dtnh__gemm_range(G, &P, m_lo, m_hi, n_lo, n_hi, abuf, abuf + P.a_floats);
+    }
+}
+
+/* ---- public GEMM --------------------------------------------------------------------------- */
 
 DTNHDEF dtnh_status dtnh_work_alloc(dtnh_work *w, dtnh_arena *a, size_t bytes, int threads,
                                     dtnh_error *err) {
@@ -17,24 +677,63 @@ DTNHDEF dtnh_status dtnh_work_alloc(dtnh_work *w, dtnh_arena *a, size_t bytes, i
     return DTNH_OK;
 }
 
-DTNHDEF size_t dtnh_gemm_work_bytes(int threads) { return (size_t)(threads < 1 ? 1 : threads) * 64; }
+/* Room for `threads` per-thread buffers of thread_bytes, plus slack to align the start. */
+static size_t dtnh__work_total(size_t thread_bytes, int threads) {
+    return (size_t)(threads < 1 ? 1 : threads) * thread_bytes + 64;
+}
 
-static float dtnh__gemm_elem(const float *X, int ld, dtnh_trans t, int r, int c) {
-    return t == DTNH_NO_TRANS ? X[(size_t)r * (size_t)ld + (size_t)c] : X[(size_t)c * (size_t)ld + (size_t)r];
+DTNHDEF size_t dtnh_gemm_work_bytes(int threads) {
+    dtnh__plan P;
+    dtnh__plan_make(DTNH__MC, DTNH__NC, DTNH__KC, 0, &P);
+    return dtnh__work_total(P.thread_bytes, threads);
+}
+
+/* Without work: plain loops, for small products and callers without scratch. */
+static void dtnh__sgemm_unpacked(dtnh_trans ta, dtnh_trans tb, int M, int N, int K, float alpha,
+                                 const float *A, int lda, const float *B, int ldb, float beta,
+                                 float *C, int ldc) {
+    int i, j, k;
+    for (i = 0; i < M; i++)
+        for (j = 0; j < N; j++) {
+            float s = 0, *c = C + (size_t)i * (size_t)ldc + (size_t)j;
+            for (k = 0; k < K; k++) {
+                float a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                float b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                s += a * b;
+            }
+            *c = beta == 0.0f ? alpha * s : alpha * s + beta * *c;
+        }
 }
 
 DTNHDEF void dtnh_sgemm(dtnh_trans ta, dtnh_trans tb, int M, int N, int K, float alpha,
                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
                         int ldc, const dtnh_work *work) {
-    int i, j, k;
-    (void)work;
-    for (i = 0; i < M; i++)
-        for (j = 0; j < N; j++) {
-            float s = 0, *c = C + (size_t)i * (size_t)ldc + (size_t)j;
-            for (k = 0; k < K; k++)
-                s += dtnh__gemm_elem(A, lda, ta, i, k) * dtnh__gemm_elem(B, ldb, tb, k, j);
-            *c = beta == 0.0f ? alpha * s : alpha * s + beta * *c;
-        }
+    dtnh__gemm G;
+    if (M <= 0 || N <= 0) return;
+    if (!work || !work->buf || K <= 0) {
+        dtnh__sgemm_unpacked(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    G.alpha = alpha;
+    G.beta = beta;
+    G.bias = NULL;
+    G.K = K;
+    /* A transposed B is packed by transposing; when it is the larger operand, compute C^T
+       instead, where it becomes a plain A (TT likewise becomes NN). */
+    if (tb == DTNH_TRANS && (ta == DTNH_TRANS || N > M)) {
+        G.M = N;
+        G.N = M;
+        G.a = dtnh__view_plain(DTNH__ROWS, B, (size_t)ldb);
+        G.b = dtnh__view_plain(ta ? DTNH__ROWS : DTNH__COLS, A, (size_t)lda);
+        G.c = dtnh__view_plain(DTNH__COLS, C, (size_t)ldc);
+    } else {
+        G.M = M;
+        G.N = N;
+        G.a = dtnh__view_plain(ta ? DTNH__COLS : DTNH__ROWS, A, (size_t)lda);
+        G.b = dtnh__view_plain(tb ? DTNH__COLS : DTNH__ROWS, B, (size_t)ldb);
+        G.c = dtnh__view_plain(DTNH__ROWS, C, (size_t)ldc);
+    }
+    dtnh__gemm_run(&G, work);
 }
 
 DTNHDEF dtnh_status dtnh_sgemm_checked(dtnh_trans ta, dtnh_trans tb, int M, int N, int K,
@@ -53,22 +752,33 @@ DTNHDEF dtnh_status dtnh_sgemm_checked(dtnh_trans ta, dtnh_trans tb, int M, int 
     if (ldb < b_cols)
         return dtnh_fail(err, DTNH_ERR_ARG, "sgemm: ldb=%d, expected >= %d", ldb, b_cols);
     if (ldc < N) return dtnh_fail(err, DTNH_ERR_ARG, "sgemm: ldc=%d, expected >= %d", ldc, N);
-    if (!work || work->threads < 1 || (work->bytes && !work->buf) ||
+    if (!work || work->threads < 1 || !work->buf ||
         work->bytes < dtnh_gemm_work_bytes(work->threads))
-        return dtnh_fail(err, DTNH_ERR_ARG, "sgemm: work of %zu bytes for %d threads, expected %zu",
-                         work ? work->bytes : 0, work ? work->threads : 0,
+        return dtnh_fail(err, DTNH_ERR_ARG,
+                         "sgemm: work of %zu bytes at %p for %d threads, expected %zu bytes",
+                         work ? work->bytes : 0, work ? work->buf : NULL, work ? work->threads : 0,
                          dtnh_gemm_work_bytes(work && work->threads > 0 ? work->threads : 1));
     dtnh_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, work);
     return DTNH_OK;
 }
 
-/* ---- convolution --------------------------------------------------------------------------- */
+/* ---- kernels: convolution ------------------------------------------------------------------ */
+/* Every pass is one GEMM with the batch folded into a dimension, its conv operand packed
+   straight from the NCHW tensor (no unfolded copy exists):
+     forward           y  = W . im2col(x)                         M c_out, N n*oh*ow, K c_in*kh*kw
+     backward-weights  dW^T = im2col(x) . dY^T                    M c_in*kh*kw, N c_out, K n*oh*ow
+     backward-data, stride 1: a forward convolution of dY with the flipped, transposed kernel
+     backward-data, kernel <= stride: dX = scatter(W^T . dY), no two taps meet
+     backward-data, otherwise: W^T . dY in tiles of fixed size, each col2im'ed into dX. */
+
+#define DTNH__C2I_ROWS 256 /* col2im tile: rows (whole channels) ... */
+#define DTNH__C2I_COLS 512 /* ... by columns, fixed so the order of additions is fixed */
 
 DTNHDEF dtnh_status dtnh_conv_geom_init(dtnh_conv_geom *g, int n, int c_in, int h, int w,
                                         int c_out, int kh, int kw, int stride, int pad,
                                         dtnh_error *err) {
     long long oh, ow;
-    size_t cnt;
+    size_t cnt = 0;
     if (!g) return dtnh_fail(err, DTNH_ERR_ARG, "conv_geom: NULL geometry");
     if (n <= 0 || c_in <= 0 || h <= 0 || w <= 0 || c_out <= 0 || kh <= 0 || kw <= 0 || stride <= 0)
         return dtnh_fail(err, DTNH_ERR_ARG,
@@ -81,18 +791,17 @@ DTNHDEF dtnh_status dtnh_conv_geom_init(dtnh_conv_geom *g, int n, int c_in, int 
                          (long long)h + 2LL * pad, (long long)w + 2LL * pad);
     oh = ((long long)h + 2LL * pad - kh) / stride + 1;
     ow = ((long long)w + 2LL * pad - kw) / stride + 1;
-    if (oh > 0x7fffffff || ow > 0x7fffffff)
-        return dtnh_fail(err, DTNH_ERR_ARG, "conv_geom: output %lldx%lld too large", oh, ow);
-    /* Every tensor and matrix the kernels index must fit size_t. */
-    if (dtnh_size_mul((size_t)n, (size_t)c_in, &cnt, err) ||
-        dtnh_size_mul(cnt, (size_t)h, &cnt, err) || dtnh_size_mul(cnt, (size_t)w, &cnt, err) ||
+    /* The GEMM dimensions (n*oh*ow, c_in*kh*kw, h*w) are ints; every tensor must fit size_t. */
+    if ((long long)h * w > 0x7fffffffLL || (long long)kh * kw * c_in > 0x7fffffffLL ||
+        oh * ow > 0x7fffffffLL / n)
+        return dtnh_fail(err, DTNH_ERR_ARG,
+                         "conv_geom: n=%d c_in=%d %dx%d kernel %dx%d: sizes overflow int", n, c_in,
+                         h, w, kh, kw);
+    if (dtnh_size_mul((size_t)n * (size_t)c_in, (size_t)h * (size_t)w, &cnt, err) ||
         dtnh_size_mul(cnt, sizeof(float), &cnt, err) ||
-        dtnh_size_mul((size_t)n, (size_t)c_out, &cnt, err) ||
-        dtnh_size_mul(cnt, (size_t)oh, &cnt, err) || dtnh_size_mul(cnt, (size_t)ow, &cnt, err) ||
+        dtnh_size_mul((size_t)n * (size_t)c_out, (size_t)(oh * ow), &cnt, err) ||
         dtnh_size_mul(cnt, sizeof(float), &cnt, err) ||
-        dtnh_size_mul((size_t)c_in * (size_t)kh, (size_t)kw, &cnt, err) ||
-        dtnh_size_mul(cnt, (size_t)c_out, &cnt, err) ||
-        dtnh_size_mul(cnt, (size_t)oh * (size_t)ow * sizeof(float), &cnt, err))
+        dtnh_size_mul((size_t)c_in * (size_t)(kh * kw), (size_t)c_out * sizeof(float), &cnt, err))
         return dtnh_fail(err, DTNH_ERR_ARG,
                          "conv_geom: n=%d c_in=%d %dx%d c_out=%d: sizes overflow size_t", n, c_in,
                          h, w, c_out);
@@ -102,119 +811,240 @@ DTNHDEF dtnh_status dtnh_conv_geom_init(dtnh_conv_geom *g, int n, int c_in, int 
     return DTNH_OK;
 }
 
-DTNHDEF size_t dtnh_conv_work_bytes(const dtnh_conv_geom *g, int threads) {
-    (void)g;
-    return dtnh_gemm_work_bytes(threads);
+/* A 1x1 stride-1 convolution reads whole planes: treat each as one long row, so runs are long. */
+static dtnh_conv_geom dtnh__flat_if_pointwise(const dtnh_conv_geom *g) {
+    dtnh_conv_geom f = *g;
+    if (g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad == 0) {
+        f.w = f.ow = g->h * g->w;
+        f.h = f.oh = 1;
+    }
+    return f;
 }
 
-/* The input pixel a kernel tap reads, or -1 off the edge. */
-static long dtnh__conv_src(const dtnh_conv_geom *g, int oy, int ox, int i, int j) {
-    int iy = oy * g->stride - g->pad + i, ix = ox * g->stride - g->pad + j;
-    if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) return -1;
-    return (long)iy * g->w + ix;
+/* A folded NCHW tensor as a conv operand: rows channels, columns (image, pixel). */
+static dtnh_conv_geom dtnh__plane_geom(int n, int ch, int plane) {
+    dtnh_conv_geom f;
+    memset(&f, 0, sizeof f);
+    f.n = n;
+    f.c_in = f.c_out = ch;
+    f.h = f.oh = 1;
+    f.w = f.ow = plane;
+    f.kh = f.kw = f.stride = 1;
+    return f;
+}
+
+enum { DTNH__BWD_FLIPPED, DTNH__BWD_SCATTER, DTNH__BWD_COL2IM };
+
+static int dtnh__backward_data_path(const dtnh_conv_geom *g) {
+    if (g->stride == 1 && g->kh == g->kw && g->pad <= g->kh - 1) return DTNH__BWD_FLIPPED;
+    if (g->kh <= g->stride && g->kw <= g->stride) return DTNH__BWD_SCATTER;
+    return DTNH__BWD_COL2IM;
+}
+
+/* The convolution that computes dX for stride 1: dY padded by k-1-pad, kernel flipped. */
+static dtnh_conv_geom dtnh__flipped_geom(const dtnh_conv_geom *g) {
+    dtnh_conv_geom f = *g;
+    f.c_in = g->c_out;
+    f.c_out = g->c_in;
+    f.h = g->oh;
+    f.w = g->ow;
+    f.pad = g->kh - 1 - g->pad;
+    f.oh = g->h;
+    f.ow = g->w;
+    return dtnh__flat_if_pointwise(&f);
+}
+
+static int dtnh__c2i_channels(const dtnh_conv_geom *g) {
+    int c = DTNH__C2I_ROWS / (g->kh * g->kw);
+    return c < 1 ? 1 : dtnh__kmin(c, g->c_in);
+}
+
+/* The plan of each pass; conv_work_bytes takes the largest, the passes use their own. */
+static void dtnh__conv_plans(const dtnh_conv_geom *g, dtnh__plan *fwd, dtnh__plan *bwd_data,
+                             dtnh__plan *bwd_w) {
+    int kk = g->kh * g->kw, cols = g->n * g->oh * g->ow;
+    dtnh__plan_make(g->c_out, cols, g->c_in * kk, 0, fwd);
+    dtnh__plan_make(g->c_in * kk, g->c_out, cols, 0, bwd_w);
+    switch (dtnh__backward_data_path(g)) {
+    case DTNH__BWD_FLIPPED: dtnh__plan_make(g->c_in, g->n * g->h * g->w, g->c_out * kk, 0, bwd_data); break;
+    case DTNH__BWD_SCATTER: dtnh__plan_make(g->c_in * kk, cols, g->c_out, 0, bwd_data); break;
+    default: {
+        int rows = dtnh__c2i_channels(g) * kk;
+        int ncols = dtnh__kmin(cols, DTNH__C2I_COLS);
+        dtnh__plan_make(rows, ncols, g->c_out, (size_t)rows * (size_t)dtnh__kround_up(ncols, DTNH__NR), bwd_data);
+    }
+    }
+}
+
+DTNHDEF size_t dtnh_conv_work_bytes(const dtnh_conv_geom *g, int threads) {
+    dtnh__plan f, d, w;
+    size_t most;
+    dtnh__conv_plans(g, &f, &d, &w);
+    most = f.thread_bytes > d.thread_bytes ? f.thread_bytes : d.thread_bytes;
+    if (w.thread_bytes > most) most = w.thread_bytes;
+    return dtnh__work_total(most, threads);
+}
+
+static void dtnh__zero_parallel(float *x, size_t n) {
+    long chunks = (long)((n + 65535) / 65536), c;
+    DTNH__OMP(parallel for schedule(static) if (chunks > 4))
+    for (c = 0; c < chunks; c++) {
+        size_t lo = (size_t)c * 65536, len = n - lo < 65536 ? n - lo : 65536;
+        memset(x + lo, 0, len * sizeof(float));
+    }
 }
 
 DTNHDEF void dtnh_conv2d_forward(const dtnh_conv_geom *g, const float *x, const float *w,
                                  const float *bias, float *y, const dtnh_work *work) {
-    size_t hw = (size_t)g->h * (size_t)g->w, ohw = (size_t)g->oh * (size_t)g->ow;
-    int n, co, c, oy, ox, i, j;
-    (void)work;
-    for (n = 0; n < g->n; n++)
-        for (co = 0; co < g->c_out; co++)
-            for (oy = 0; oy < g->oh; oy++)
-                for (ox = 0; ox < g->ow; ox++) {
-                    float s = bias ? bias[co] : 0.0f;
-                    for (c = 0; c < g->c_in; c++)
-                        for (i = 0; i < g->kh; i++)
-                            for (j = 0; j < g->kw; j++) {
-                                long src = dtnh__conv_src(g, oy, ox, i, j);
-                                if (src >= 0)
-                                    s += x[((size_t)n * g->c_in + c) * hw + (size_t)src] *
-                                         w[(((size_t)co * g->c_in + c) * g->kh + i) * g->kw + j];
-                            }
-                    y[((size_t)n * g->c_out + co) * ohw + (size_t)oy * g->ow + ox] = s;
-                }
-}
-
-DTNHDEF void dtnh_conv2d_backward_data(const dtnh_conv_geom *g, const float *dy, const float *w,
-                                       float *dx, const dtnh_work *work) {
-    size_t hw = (size_t)g->h * (size_t)g->w, ohw = (size_t)g->oh * (size_t)g->ow;
-    int n, co, c, oy, ox, i, j;
-    (void)work;
-    for (n = 0; n < g->n * g->c_in; n++) dtnh_fill(hw, dx + (size_t)n * hw, 0.0f);
-    for (n = 0; n < g->n; n++)
-        for (co = 0; co < g->c_out; co++)
-            for (oy = 0; oy < g->oh; oy++)
-                for (ox = 0; ox < g->ow; ox++) {
-                    float d = dy[((size_t)n * g->c_out + co) * ohw + (size_t)oy * g->ow + ox];
-                    for (c = 0; c < g->c_in; c++)
-                        for (i = 0; i < g->kh; i++)
-                            for (j = 0; j < g->kw; j++) {
-                                long src = dtnh__conv_src(g, oy, ox, i, j);
-                                if (src >= 0)
-                                    dx[((size_t)n * g->c_in + c) * hw + (size_t)src] +=
-                                        d * w[(((size_t)co * g->c_in + c) * g->kh + i) * g->kw + j];
-                            }
-                }
+    dtnh__gemm G;
+    dtnh_conv_geom f = dtnh__flat_if_pointwise(g);
+    G.M = g->c_out;
+    G.N = g->n * g->oh * g->ow;
+    G.K = g->c_in * g->kh * g->kw;
+    G.alpha = 1.0f;
+    G.beta = 0.0f;
+    G.bias = bias;
+    G.a = dtnh__view_plain(DTNH__ROWS, w, (size_t)G.K);
+    G.b = dtnh__view_conv(DTNH__IM2COL, x, &f);
+    G.c = dtnh__view_folded(DTNH__FOLDED, y, g->c_out, g->oh * g->ow);
+    dtnh__gemm_run(&G, work);
 }
 
 DTNHDEF void dtnh_conv2d_backward_weights(const dtnh_conv_geom *g, const float *x,
                                           const float *dy, float *dw, float *dbias,
                                           int accumulate, const dtnh_work *work) {
-    size_t hw = (size_t)g->h * (size_t)g->w, ohw = (size_t)g->oh * (size_t)g->ow;
-    int n, co, c, oy, ox, i, j;
-    (void)work;
+    dtnh__gemm G;
+    dtnh_conv_geom f = dtnh__flat_if_pointwise(g);
+    int ohw = g->oh * g->ow, co;
+    G.M = g->c_in * g->kh * g->kw;
+    G.N = g->c_out;
+    G.K = g->n * ohw;
+    G.alpha = 1.0f;
+    G.beta = accumulate ? 1.0f : 0.0f;
+    G.bias = NULL;
+    G.a = dtnh__view_conv(DTNH__IM2COL, x, &f);
+    G.b = dtnh__view_folded(DTNH__FOLDED_T, dy, g->c_out, ohw);
+    G.c = dtnh__view_plain(DTNH__COLS, dw, (size_t)G.M);
+    dtnh__gemm_run(&G, work);
+    if (!dbias) return;
+    DTNH__OMP(parallel for schedule(static) if ((double)g->c_out * G.K > DTNH__PAR_MADDS))
     for (co = 0; co < g->c_out; co++) {
-        for (c = 0; c < g->c_in; c++)
-            for (i = 0; i < g->kh; i++)
-                for (j = 0; j < g->kw; j++) {
-                    float s = 0, *out = dw + (((size_t)co * g->c_in + c) * g->kh + i) * g->kw + j;
-                    for (n = 0; n < g->n; n++)
-                        for (oy = 0; oy < g->oh; oy++)
-                            for (ox = 0; ox < g->ow; ox++) {
-                                long src = dtnh__conv_src(g, oy, ox, i, j);
-                                if (src >= 0)
-                                    s += x[((size_t)n * g->c_in + c) * hw + (size_t)src] *
-                                         dy[((size_t)n * g->c_out + co) * ohw + (size_t)oy * g->ow + ox];
-                            }
-                    *out = accumulate ? *out + s : s;
-                }
-        if (dbias) {
-            float s = 0;
-            for (n = 0; n < g->n; n++)
-                for (oy = 0; oy < g->oh * g->ow; oy++)
-                    s += dy[((size_t)n * g->c_out + co) * ohw + (size_t)oy];
-            dbias[co] = accumulate ? dbias[co] + s : s;
+        double s = 0;
+        int img, px;
+        for (img = 0; img < g->n; img++) {
+            const float *d = dy + ((size_t)img * g->c_out + (size_t)co) * (size_t)ohw;
+            for (px = 0; px < ohw; px++) s += d[px];
+        }
+        dbias[co] = accumulate ? dbias[co] + (float)s : (float)s;
+    }
+}
+
+/* Adds W^T.dY tile rows [m_lo, m_hi) (whole channels) x columns [n_lo, n_hi), held in t with
+   row stride ld, into dX: the adjoint of im2col, in a fixed order. */
+static void dtnh__col2im_add(const dtnh_conv_geom *g, const float *t, size_t ld, int m_lo,
+                             int m_hi, int n_lo, int n_hi, float *dx) {
+    int kk = g->kh * g->kw, s = g->stride, m;
+    for (m = m_lo; m < m_hi; m++, t += ld) {
+        int c = m / kk, i = m % kk / g->kw, j = m % g->kw;
+        dtnh__runs w;
+        dtnh__runs_start(&w, g->ow, g->oh * g->ow, n_lo, n_hi, 0);
+        for (; dtnh__runs_next(&w, n_lo); dtnh__runs_advance(&w)) {
+            int iy = w.oy * s - g->pad + i, ix0 = w.ox * s - g->pad + j, lo, hi, q;
+            const float *src = t + (w.col - n_lo);
+            float *d;
+            if (iy < 0 || iy >= g->h) continue;
+            d = dx + (((size_t)w.img * g->c_in + (size_t)c) * g->h + (size_t)iy) * g->w;
+            lo = ix0 < 0 ? (-ix0 + s - 1) / s : 0;
+            hi = g->w - ix0 > 0 ? (g->w - ix0 + s - 1) / s : 0;
+            if (hi > w.len) hi = w.len;
+            for (q = lo; q < hi; q++) d[ix0 + q * s] += src[q];
         }
     }
 }
 
-DTNHDEF void dtnh_im2col(const dtnh_conv_geom *g, const float *x_image, float *col) {
-    size_t ohw = (size_t)g->oh * (size_t)g->ow, hw = (size_t)g->h * (size_t)g->w;
-    int c, i, j, oy, ox;
-    for (c = 0; c < g->c_in; c++)
-        for (i = 0; i < g->kh; i++)
-            for (j = 0; j < g->kw; j++) {
-                float *row = col + (((size_t)c * g->kh + i) * g->kw + j) * ohw;
-                for (oy = 0; oy < g->oh; oy++)
-                    for (ox = 0; ox < g->ow; ox++) {
-                        long src = dtnh__conv_src(g, oy, ox, i, j);
-                        row[(size_t)oy * g->ow + ox] = src >= 0 ? x_image[(size_t)c * hw + (size_t)src] : 0.0f;
-                    }
+static void dtnh__backward_data_col2im(const dtnh_conv_geom *g, const float *dy, const float *w,
+                                       float *dx, const dtnh_work *work) {
+    dtnh__plan F, P, W;
+    dtnh__gemm G;
+    dtnh_conv_geom dyg = dtnh__plane_geom(g->n, g->c_out, g->oh * g->ow);
+    int kk = g->kh * g->kw, cpc = dtnh__c2i_channels(g), chunks = (g->c_in + cpc - 1) / cpc, T;
+    dtnh__conv_plans(g, &F, &P, &W);
+    G.M = g->c_in * kk;
+    G.N = g->n * g->oh * g->ow;
+    G.K = g->c_out;
+    G.alpha = 1.0f;
+    G.beta = 0.0f;
+    G.bias = NULL;
+    G.a = dtnh__view_plain(DTNH__COLS, w, (size_t)G.M);
+    G.b = dtnh__view_conv(DTNH__IM2COL, dy, &dyg);
+    T = dtnh__threads_for(work, P.thread_bytes, (double)G.M * G.N * G.K);
+    (void)T; /* used only by the pragma */
+    DTNH_ASSERT(work->bytes >= P.thread_bytes + 64 && work->buf);
+    dtnh__zero_parallel(dx, (size_t)g->n * g->c_in * g->h * g->w);
+    DTNH__OMP(parallel num_threads(T) if (T > 1))
+    {
+        int t = dtnh__omp_thread(), nt = dtnh__omp_team(), ch, col;
+        float *abuf = dtnh__thread_buf(work, &P, t), *bbuf = abuf + P.a_floats;
+        float *tile = bbuf + P.b_floats;
+        dtnh__gemm Gt = G;
+        Gt.c = dtnh__view_plain(DTNH__ROWS, tile, (size_t)P.nc);
+        /* Threads own whole channels of dX, so no two add to one pixel. */
+        for (ch = t; ch < chunks; ch += nt) {
+            int m_lo = ch * cpc * kk, m_hi = dtnh__kmin(g->c_in, (ch + 1) * cpc) * kk;
+            for (col = 0; col < G.N; col += DTNH__C2I_COLS) {
+                int n_hi = dtnh__kmin(G.N, col + DTNH__C2I_COLS);
+                Gt.c.row0 = m_lo;
+                Gt.c.col0 = col;
+                dtnh__gemm_range(&Gt, &P, m_lo, m_hi, col, n_hi, abuf, bbuf);
+                dtnh__col2im_add(g, tile, (size_t)P.nc, m_lo, m_hi, col, n_hi, dx);
             }
+        }
+    }
+}
+
+DTNHDEF void dtnh_conv2d_backward_data(const dtnh_conv_geom *g, const float *dy, const float *w,
+                                       float *dx, const dtnh_work *work) {
+    dtnh__gemm G;
+    int path = dtnh__backward_data_path(g), kk = g->kh * g->kw;
+    if (path == DTNH__BWD_COL2IM) {
+        dtnh__backward_data_col2im(g, dy, w, dx, work);
+        return;
+    }
+    G.alpha = 1.0f;
+    G.beta = 0.0f;
+    G.bias = NULL;
+    if (path == DTNH__BWD_FLIPPED) {
+        dtnh_conv_geom f = dtnh__flipped_geom(g);
+        G.M = g->c_in;
+        G.N = g->n * g->h * g->w;
+        G.K = g->c_out * kk;
+        G.a = dtnh__view_conv(DTNH__FLIPPED, w, g);
+        G.b = dtnh__view_conv(DTNH__IM2COL, dy, &f);
+        G.c = dtnh__view_folded(DTNH__FOLDED, dx, g->c_in, g->h * g->w);
+    } else {
+        dtnh_conv_geom dyg = dtnh__plane_geom(g->n, g->c_out, g->oh * g->ow);
+        G.M = g->c_in * kk;
+        G.N = g->n * g->oh * g->ow;
+        G.K = g->c_out;
+        G.a = dtnh__view_plain(DTNH__COLS, w, (size_t)G.M);
+        G.b = dtnh__view_conv(DTNH__IM2COL, dy, &dyg);
+        G.c = dtnh__view_conv(DTNH__SCATTER, dx, g);
+        /* pixels no tap reads (stride > kernel) get no gradient */
+        dtnh__zero_parallel(dx, (size_t)g->n * g->c_in * g->h * g->w);
+    }
+    dtnh__gemm_run(&G, work);
+}
+
+DTNHDEF void dtnh_im2col(const dtnh_conv_geom *g, const float *x_image, float *col) {
+    int ohw = g->oh * g->ow;
+    dtnh__runs w;
+    dtnh__runs_start(&w, g->ow, ohw, 0, ohw, 0);
+    for (; dtnh__runs_next(&w, 0); dtnh__runs_advance(&w))
+        dtnh__im2col_run(g, x_image, 0, w.oy, w.ox, w.len, 0, g->c_in * g->kh * g->kw,
+                         col + w.col, (size_t)ohw);
 }
 
 DTNHDEF void dtnh_col2im(const dtnh_conv_geom *g, const float *col, float *x_image) {
-    size_t ohw = (size_t)g->oh * (size_t)g->ow, hw = (size_t)g->h * (size_t)g->w;
-    int c, i, j, oy, ox;
-    for (c = 0; c < g->c_in; c++)
-        for (i = 0; i < g->kh; i++)
-            for (j = 0; j < g->kw; j++) {
-                const float *row = col + (((size_t)c * g->kh + i) * g->kw + j) * ohw;
-                for (oy = 0; oy < g->oh; oy++)
-                    for (ox = 0; ox < g->ow; ox++) {
-                        long src = dtnh__conv_src(g, oy, ox, i, j);
-                        if (src >= 0) x_image[(size_t)c * hw + (size_t)src] += row[(size_t)oy * g->ow + ox];
-                    }
-            }
+    int ohw = g->oh * g->ow;
+    dtnh__col2im_add(g, col, (size_t)ohw, 0, g->c_in * g->kh * g->kw, 0, ohw, x_image);
 }
