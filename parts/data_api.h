@@ -4,7 +4,8 @@
    PGM/PPM images with one sub-folder per class. Open a data set, ask for its count and shape,
    then read any images into your own buffers, so a data set need not fit in memory. Pixels
    come out as bytes, image after image, each channel-planar (C, H, W) like the network input.
-   A dtnh_dataset reads through a file position: use one per thread.
+   A dtnh_dataset reads through a file position: use one per thread, and do not copy an open
+   one (both copies would close the same file).
    ============================================================================================ */
 
 #define DTNH_PATH_SIZE 512
@@ -100,7 +101,8 @@ DTNHDEF dtnh_status dtnh_pnm_decode(const void *data, size_t size, unsigned char
 
 /* Images held in memory, in the layout the readers produce. */
 typedef struct dtnh_image_set {
-    int count, channels, height, width, classes;
+    int count, channels, height, width;
+    int classes; /* the data set's; set it yourself after dtnh_relabel(set.labels, ...) */
     size_t image_bytes;
     unsigned char *pixels; /* count * image_bytes */
     int *labels;           /* count */

@@ -1009,6 +1009,7 @@ static void few_shot_recipe_on_bundled_digits(void) {
     CHECK_OK(dtnh_image_set_load(&set, &ds, train, 150, &a, NULL));
     dtnh_dataset_close(&ds);
     CHECK_OK(dtnh_relabel(set.labels, set.count, classes, 5, NULL));
+    set.classes = 5;
     CHECK_OK(dtnh_batch_stream_init(&bs, set.count, 3, &a, NULL));
     CHECK_OK(dtnh_batch_stream_next(&bs, 48, idx, NULL));
     memset(&cfg, 0, sizeof cfg);
