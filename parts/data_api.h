@@ -64,6 +64,12 @@ DTNHDEF dtnh_status dtnh_cifar10_open(dtnh_dataset *ds, const char *path, dtnh_e
    data set cannot be read). Needs POSIX <dirent.h>; define DTNH_NO_DIRENT to leave it out. */
 DTNHDEF dtnh_status dtnh_folder_open(dtnh_dataset *ds, const char *root, dtnh_arena *a,
                                      dtnh_error *err);
+/* Any of the three, told apart by what path is: a folder, IDX images (by the magic; labels
+   from labels_path, may be NULL), or a CIFAR-10 batch (a whole number of 3073-byte records;
+   labels_path must be NULL). `a` is used only by folders (may be NULL otherwise). For programs
+   that take a --data argument. */
+DTNHDEF dtnh_status dtnh_dataset_open(dtnh_dataset *ds, const char *path, const char *labels_path,
+                                      dtnh_arena *a, dtnh_error *err);
 #endif
 /* The same readers over memory buffers (kept by the caller while the data set is in use). */
 DTNHDEF dtnh_status dtnh_idx_open_memory(dtnh_dataset *ds, const void *images, size_t images_size,

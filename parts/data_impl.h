@@ -817,6 +817,48 @@ DTNHDEF dtnh_status dtnh_folder_open(dtnh_dataset *ds, const char *root, dtnh_ar
 }
 #endif
 
+#ifndef DTNH_NO_STDIO
+static int dtnh__path_is_folder(const char *path) {
+#ifdef DTNH__HAVE_DIRENT
+    return dtnh__is_dir(path);
+#else
+    (void)path;
+    return 0;
+#endif
+}
+
+DTNHDEF dtnh_status dtnh_dataset_open(dtnh_dataset *ds, const char *path, const char *labels_path,
+                                      dtnh_arena *a, dtnh_error *err) {
+    dtnh__source src;
+    unsigned char magic[4] = {0, 0, 0, 0};
+    dtnh_status s;
+    size_t size;
+    if (!ds || !path) return dtnh_fail(err, DTNH_ERR_ARG, "dataset_open: NULL argument");
+    if (dtnh__path_is_folder(path)) {
+        if (labels_path)
+            return dtnh_fail(err, DTNH_ERR_ARG, "'%s' is a folder: its labels are its sub-folders, "
+                             "not '%s'", path, labels_path);
+        if (!a) return dtnh_fail(err, DTNH_ERR_ARG, "dataset_open: folder '%s' needs an arena", path);
+        return dtnh_folder_open(ds, path, a, err);
+    }
+    if ((s = dtnh__src_open_file(&src, path, err))) return s;
+    size = src.size;
+    if (size >= 4) s = dtnh__src_read(&src, 0, magic, 4, err);
+    dtnh__src_close(&src);
+    if (s) return s;
+    if (dtnh__be32(magic) == DTNH__IDX_IMAGES) return dtnh_idx_open(ds, path, labels_path, err);
+    if (size > 0 && size % (1 + DTNH__CIFAR_PIXELS) == 0) {
+        if (labels_path)
+            return dtnh_fail(err, DTNH_ERR_ARG, "'%s' is a CIFAR-10 batch: its labels are inside, "
+                             "not in '%s'", path, labels_path);
+        return dtnh_cifar10_open(ds, path, err);
+    }
+    return dtnh_fail(err, DTNH_ERR_FORMAT, "'%s' is neither IDX images (magic 0x00000803, "
+                     "uncompressed), a CIFAR-10 batch (a multiple of 3073 bytes) nor a folder; "
+                     "it starts with 0x%02x%02x%02x%02x", path, magic[0], magic[1], magic[2], magic[3]);
+}
+#endif
+
 /* ---- data: reading ------------------------------------------------------------------------- */
 
 /* Image i into pixels (may be NULL) and its label into *label (may be NULL), checked. */

@@ -458,6 +458,37 @@ static void folder_read_names_a_file_with_bad_pixels(void) {
     CHECK_MSG(strstr(err.msg, "a/2.pgm") && strstr(err.msg, "truncated"), "%s", err.msg);
 }
 
+/* ---- telling formats apart ---------------------------------------------------------------- */
+
+static void dataset_open_tells_the_three_formats_apart(void) {
+    dtnh_dataset ds;
+    dtnh_arena a;
+    dtnh_arena_init(&a, folder_mem, sizeof folder_mem);
+    CHECK_OK(dtnh_dataset_open(&ds, fx("data/tiny-images.idx3"), fx2("data/tiny-labels.idx1"), NULL, NULL));
+    CHECK(ds.format == DTNH_DATA_IDX && ds.count == 3 && ds.has_labels);
+    dtnh_dataset_close(&ds);
+    CHECK_OK(dtnh_dataset_open(&ds, fx("data/tiny.cifar"), NULL, NULL, NULL));
+    CHECK(ds.format == DTNH_DATA_CIFAR10 && ds.count == 2);
+    dtnh_dataset_close(&ds);
+    CHECK_OK(dtnh_dataset_open(&ds, fx("data/folder"), NULL, &a, NULL));
+    CHECK(ds.format == DTNH_DATA_FOLDER && ds.count == 4);
+}
+
+static void dataset_open_rejects_what_it_cannot_tell(void) {
+    dtnh_dataset ds;
+    dtnh_arena a;
+    dtnh_error err;
+    dtnh_arena_init(&a, folder_mem, sizeof folder_mem);
+    CHECK_STATUS(dtnh_dataset_open(&ds, fx("data/tiny-labels.idx1"), NULL, NULL, &err), DTNH_ERR_FORMAT);
+    CHECK_MSG(strstr(err.msg, "tiny-labels.idx1' is neither") && strstr(err.msg, "0x00000801"), "%s", err.msg);
+    CHECK_STATUS(dtnh_dataset_open(&ds, fx("data/tiny.cifar"), fx2("data/tiny-labels.idx1"), NULL, &err),
+                 DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_dataset_open(&ds, fx("data/folder"), fx2("data/tiny-labels.idx1"), &a, &err),
+                 DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_dataset_open(&ds, fx("data/folder"), NULL, NULL, &err), DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_dataset_open(&ds, fx("data/missing"), NULL, NULL, &err), DTNH_ERR_IO);
+}
+
 /* ---- the bundled data ---------------------------------------------------------------------- */
 
 static uint64_t fnv1a(const unsigned char *p, size_t n) {
@@ -1061,6 +1092,8 @@ void suite_data(void) {
     RUN(folder_rejects_an_empty_class);
     RUN(folder_rejects_a_missing_root);
     RUN(folder_read_names_a_file_with_bad_pixels);
+    RUN(dataset_open_tells_the_three_formats_apart);
+    RUN(dataset_open_rejects_what_it_cannot_tell);
     RUN(bundled_fashion_subset_has_its_counts_and_pixels);
     RUN(bundled_digits_subset_has_its_counts_and_pixels);
     RUN(bundled_digits_train_and_test_are_disjoint);
