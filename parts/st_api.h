@@ -99,3 +99,68 @@ DTNHDEF dtnh_status dtnh_st_save(const char *path, const dtnh_st_tensor *tensors
 #endif
 /* Closes a file opened by dtnh_st_open (nothing to do for memory); safe to call twice. */
 DTNHDEF void dtnh_st_close(dtnh_st_file *f);
+
+/* Calls DTNH_ERR_NUMERIC a float tensor (F32, F16, BF16) holding a NaN or an Inf, naming the
+   tensor and the element; I64 tensors pass. Reads the data without keeping it. */
+DTNHDEF dtnh_status dtnh_st_check_finite(dtnh_st_file *f, int index, dtnh_error *err);
+
+/* ============================================================================================
+   ResNet-18 weights in safetensors
+   torchvision's resnet18 state_dict names (conv1.weight, bn1.running_mean,
+   bn1.num_batches_tracked as I64, layer1.0.conv1.weight, ..., fc.bias): load with a report,
+   save, and read a network's configuration from a file's header alone.
+   ============================================================================================ */
+
+#define DTNH_LOAD_NAMES_SIZE 256
+
+/* Zero means default. */
+typedef struct dtnh_load_config {
+    int strict; /* 1: a missing or unknown tensor, or a head of another class count, is an
+                   error (DTNH_ERR_FORMAT) and nothing is loaded, as load_state_dict(strict) */
+} dtnh_load_config;
+
+/* What a load did. Names missing or unknown are counted and listed, never passed over in
+   silence. */
+typedef struct dtnh_load_report {
+    int loaded;       /* tensors copied into the network (parameters and BN buffers) */
+    int missing;      /* the network's tensors the file lacks: they keep their values */
+    int unknown;      /* the file's tensors the network has no place for: ignored */
+    int head_skipped; /* 1: the file's fc has another class count (the transfer case): fc.weight
+                         and fc.bias keep the network's fresh initialisation */
+    int file_classes; /* rows of the file's fc.weight, 0 when it has none */
+    char missing_names[DTNH_LOAD_NAMES_SIZE]; /* the first ones, comma-separated, "..." after */
+    char unknown_names[DTNH_LOAD_NAMES_SIZE];
+} dtnh_load_report;
+
+/* Loads a torchvision-named state_dict from an opened file into the network's weights
+   (params.w) and BN buffers. F16 and BF16 are widened to float. Everything is checked before
+   anything is written: a tensor of the wrong shape or dtype (an error naming it, both shapes
+   given), a NaN or Inf (DTNH_ERR_NUMERIC) or a failing read leaves the network unchanged.
+   report (may be NULL) says what was loaded, missing, unknown, and whether the head was
+   skipped. */
+DTNHDEF dtnh_status dtnh_resnet_load(dtnh_resnet *net, dtnh_st_file *f, const dtnh_load_config *cfg,
+                                     dtnh_load_report *report, dtnh_error *err);
+/* Writes the network's state_dict (parameters, running statistics, num_batches_tracked as
+   I64) in torchvision's names and order as a safetensors file into buf; buf NULL only sets
+   *size. */
+DTNHDEF dtnh_status dtnh_resnet_save_memory(const dtnh_resnet *net, void *buf, size_t capacity,
+                                            size_t *size, dtnh_error *err);
+/* The configuration a file tells by its shapes: stem from conv1.weight's kernel (7: imagenet,
+   3: cifar), width from its output channels, in_channels from its input channels, num_classes
+   from fc.weight. Sets those four fields of cfg and leaves the others as they are. */
+DTNHDEF dtnh_status dtnh_resnet_config_from_st(const dtnh_st_file *f, dtnh_resnet_config *cfg,
+                                               dtnh_error *err);
+
+#ifndef DTNH_NO_STDIO
+/* dtnh_resnet_load from a path. scratch holds the parsed header meanwhile and is reset to
+   where it was on return (dtnh_st_open on a counting arena tells the size). */
+DTNHDEF dtnh_status dtnh_resnet_load_file(dtnh_resnet *net, const char *path, dtnh_arena *scratch,
+                                          const dtnh_load_config *cfg, dtnh_load_report *report,
+                                          dtnh_error *err);
+/* dtnh_resnet_save_memory to a path, atomically as dtnh_st_save: a failure leaves the
+   previous file whole. */
+DTNHDEF dtnh_status dtnh_resnet_save(const dtnh_resnet *net, const char *path, dtnh_error *err);
+/* dtnh_resnet_config_from_st from a path, reading the header only. */
+DTNHDEF dtnh_status dtnh_resnet_config_from_file(const char *path, dtnh_arena *scratch,
+                                                 dtnh_resnet_config *cfg, dtnh_error *err);
+#endif

@@ -662,42 +662,90 @@ DTNHDEF int dtnh_st_shape_is(const dtnh_st_file *f, int index, int ndim, const i
 
 /* ---- safetensors: reading data ------------------------------------------------------------ */
 
-static dtnh_status dtnh__st_read(dtnh_st_file *f, int index, float *outf, int64_t *outi,
-                                 size_t count, dtnh_error *err) {
-    const dtnh_st_entry *e;
+/* Called on the bytes of elements [first, first + n) of a tensor. */
+typedef dtnh_status (*dtnh__st_chunk_fn)(void *ctx, const dtnh_st_entry *e, const unsigned char *b,
+                                         size_t first, size_t n, dtnh_error *err);
+
+/* Hands the tensor's bytes to fn in order, DTNH__ST_CHUNK bytes at most at a time. */
+static dtnh_status dtnh__st_each_chunk(dtnh_st_file *f, const dtnh_st_entry *e, dtnh__st_chunk_fn fn,
+                                       void *ctx, dtnh_error *err) {
+    size_t es = dtnh__st_dtype_sizes[e->dtype], step = DTNH__ST_CHUNK / es, done, count = (size_t)e->count;
+    dtnh_status s;
+#ifndef DTNH_NO_STDIO
+    uint64_t at = f->data_offset + e->begin;
+    if (!f->mem && f->fp &&
+        (at > (uint64_t)LONG_MAX || fseek((FILE *)f->fp, (long)at, SEEK_SET) != 0))
+        return dtnh_fail(err, DTNH_ERR_IO, "safetensors tensor '%s': cannot seek to byte %llu",
+                         e->name, (unsigned long long)at);
+#endif
+    for (done = 0; done < count; done += step) {
+        size_t n = count - done < step ? count - done : step;
+        const unsigned char *b = NULL;
+#ifndef DTNH_NO_STDIO
+        unsigned char buf[DTNH__ST_CHUNK];
+        if (!f->mem && f->fp) {
+            if (fread(buf, es, n, (FILE *)f->fp) != n)
+                return dtnh_fail(err, DTNH_ERR_IO, "safetensors tensor '%s': the file ends inside "
+                                 "its data", e->name);
+            b = buf;
+        }
+#endif
+        if (f->mem) b = f->mem + f->data_offset + e->begin + done * es;
+        if (!b) return dtnh_fail(err, DTNH_ERR_ARG, "st_read: the file is not open");
+        if ((s = fn(ctx, e, b, done, n, err))) return s;
+    }
+    return DTNH_OK;
+}
+
+typedef struct dtnh__st_dest {
+    float *f32;
+    int64_t *i64;
+} dtnh__st_dest;
+
+static dtnh_status dtnh__st_decode_chunk(void *ctx, const dtnh_st_entry *e, const unsigned char *b,
+                                         size_t first, size_t n, dtnh_error *err) {
+    dtnh__st_dest *d = (dtnh__st_dest *)ctx;
+    (void)err;
+    dtnh__st_decode(e->dtype, b, n, d->f32 ? d->f32 + first : NULL, d->i64 ? d->i64 + first : NULL);
+    return DTNH_OK;
+}
+
+static dtnh_status dtnh__st_finite_chunk(void *ctx, const dtnh_st_entry *e, const unsigned char *b,
+                                         size_t first, size_t n, dtnh_error *err) {
+    float vals[DTNH__ST_CHUNK / 2];
+    size_t bad = 0;
+    (void)ctx;
+    if (e->dtype == DTNH_ST_I64) return DTNH_OK;
+    dtnh__st_decode(e->dtype, b, n, vals, NULL);
+    if (!dtnh_all_finite(n, vals, &bad))
+        return dtnh_fail(err, DTNH_ERR_NUMERIC, "safetensors tensor '%s': element %zu is %g",
+                         e->name, first + bad, (double)vals[bad]);
+    return DTNH_OK;
+}
+
+static dtnh_status dtnh__st_entry_at(const dtnh_st_file *f, int index, const dtnh_st_entry **e,
+                                     dtnh_error *err) {
     if (!f || index < 0 || index >= f->count)
         return dtnh_fail(err, DTNH_ERR_ARG, "st_read: no tensor %d in the file", index);
-    e = &f->entries[index];
+    *e = &f->entries[index];
+    return DTNH_OK;
+}
+
+static dtnh_status dtnh__st_read(dtnh_st_file *f, int index, float *outf, int64_t *outi,
+                                 size_t count, dtnh_error *err) {
+    const dtnh_st_entry *e = NULL;
+    dtnh__st_dest d;
+    dtnh_status s = dtnh__st_entry_at(f, index, &e, err);
+    if (s) return s;
     if ((outi != NULL) != (e->dtype == DTNH_ST_I64))
         return dtnh_fail(err, DTNH_ERR_FORMAT, "safetensors tensor '%s' is %s, expected %s",
                          e->name, dtnh__st_dtype_names[e->dtype], outi ? "I64" : "F32, F16 or BF16");
     if (e->count != (uint64_t)count)
         return dtnh_fail(err, DTNH_ERR_SHAPE, "safetensors tensor '%s' holds %llu values, the "
                          "buffer %zu", e->name, (unsigned long long)e->count, count);
-    if (f->mem) {
-        dtnh__st_decode(e->dtype, f->mem + f->data_offset + e->begin, count, outf, outi);
-        return DTNH_OK;
-    }
-#ifndef DTNH_NO_STDIO
-    if (f->fp) {
-        uint64_t at = f->data_offset + e->begin;
-        size_t done = 0, es = dtnh__st_dtype_sizes[e->dtype];
-        if (at > (uint64_t)LONG_MAX || fseek((FILE *)f->fp, (long)at, SEEK_SET) != 0)
-            return dtnh_fail(err, DTNH_ERR_IO, "safetensors tensor '%s': cannot seek to byte %llu",
-                             e->name, (unsigned long long)at);
-        while (done < count) {
-            unsigned char buf[DTNH__ST_CHUNK];
-            size_t n = count - done < DTNH__ST_CHUNK / es ? count - done : DTNH__ST_CHUNK / es;
-            if (fread(buf, es, n, (FILE *)f->fp) != n)
-                return dtnh_fail(err, DTNH_ERR_IO, "safetensors tensor '%s': the file ends inside "
-                                 "its data", e->name);
-            dtnh__st_decode(e->dtype, buf, n, outf ? outf + done : NULL, outi ? outi + done : NULL);
-            done += n;
-        }
-        return DTNH_OK;
-    }
-#endif
-    return dtnh_fail(err, DTNH_ERR_ARG, "st_read: the file is not open");
+    d.f32 = outf;
+    d.i64 = outi;
+    return dtnh__st_each_chunk(f, e, dtnh__st_decode_chunk, &d, err);
 }
 
 DTNHDEF dtnh_status dtnh_st_read_f32(dtnh_st_file *f, int index, float *out, size_t count,
@@ -711,6 +759,13 @@ DTNHDEF dtnh_status dtnh_st_read_i64(dtnh_st_file *f, int index, int64_t *out, s
     int64_t dummy;
     if (!out && count) return dtnh_fail(err, DTNH_ERR_ARG, "st_read_i64: NULL output");
     return dtnh__st_read(f, index, NULL, out ? out : &dummy, count, err);
+}
+
+DTNHDEF dtnh_status dtnh_st_check_finite(dtnh_st_file *f, int index, dtnh_error *err) {
+    const dtnh_st_entry *e = NULL;
+    dtnh_status s = dtnh__st_entry_at(f, index, &e, err);
+    if (s) return s;
+    return dtnh__st_each_chunk(f, e, dtnh__st_finite_chunk, NULL, err);
 }
 
 DTNHDEF void dtnh_st_close(dtnh_st_file *f) {
@@ -1012,6 +1067,255 @@ DTNHDEF dtnh_status dtnh_st_save(const char *path, const dtnh_st_tensor *tensors
         return dtnh_fail(err, DTNH_ERR_IO, "st_save: cannot rename '%s' to '%s'", tmp, path);
     }
     return DTNH_OK;
+}
+
+#endif /* DTNH_NO_STDIO */
+
+/* ---- ResNet-18 weights in safetensors --------------------------------------------------------
+   Two passes over the file: the first checks every tensor (name, dtype, shape, finite values,
+   readable bytes) and writes nothing; only then the second copies. */
+
+/* Appends name to a comma-separated list, ending it with "..." once it is full. */
+static void dtnh__st_list_name(char *list, const char *name) {
+    size_t used = strlen(list), n = strlen(name);
+    if (used >= 3 && strcmp(list + used - 3, "...") == 0) return;
+    if (used + n + 2 + 5 < DTNH_LOAD_NAMES_SIZE) {
+        if (used) strcat(list, ", ");
+        strcat(list, name);
+    } else if (used + 5 < DTNH_LOAD_NAMES_SIZE) {
+        strcat(list, used ? ", ..." : "...");
+    }
+}
+
+/* "[64, 3, 7, 7]" into buf. */
+static const char *dtnh__st_shape_text(char *buf, size_t size, int ndim, const uint64_t *shape) {
+    size_t used = 0;
+    int d;
+    buf[0] = '\0';
+    for (d = 0; d < ndim && used + 1 < size; d++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%llu", d ? ", " : "[",
+                                 (unsigned long long)shape[d]);
+    if (used + 2 < size) strcat(buf, ndim ? "]" : "[]");
+    return buf;
+}
+
+static dtnh_status dtnh__st_shape_error(const dtnh_st_entry *fe, const dtnh_state_entry *e,
+                                        dtnh_error *err) {
+    char a[64], b[64];
+    uint64_t want[DTNH_MAX_DIMS];
+    int d;
+    for (d = 0; d < e->ndim; d++) want[d] = (uint64_t)e->shape[d];
+    return dtnh_fail(err, DTNH_ERR_SHAPE, "weights: tensor '%s' has shape %s in the file, the "
+                     "network needs %s", fe->name, dtnh__st_shape_text(a, sizeof a, fe->ndim, fe->shape),
+                     dtnh__st_shape_text(b, sizeof b, e->ndim, want));
+}
+
+/* The transfer case: the file's fc.weight is [K, in_features] with K other than the
+   network's class count (fc.bias, if there, must be [K]). */
+static dtnh_status dtnh__st_other_head(const dtnh_resnet *net, const dtnh_st_file *f, int *other,
+                                       int *file_classes, dtnh_error *err) {
+    int fw = dtnh_st_find(f, "fc.weight"), fb = dtnh_st_find(f, "fc.bias");
+    int jw = dtnh_resnet_state_find(net, "fc.weight");
+    dtnh_state_entry e;
+    const dtnh_st_entry *w;
+    dtnh_status s;
+    *other = *file_classes = 0;
+    if (fw < 0 || jw < 0) return DTNH_OK;
+    if ((s = dtnh_resnet_state_entry(net, jw, &e, err))) return s;
+    w = &f->entries[fw];
+    if (w->ndim != 2 || w->shape[0] > 0x7FFFFFFF) return DTNH_OK; /* a shape error later */
+    *file_classes = (int)w->shape[0];
+    if (w->shape[1] != (uint64_t)e.shape[1] || w->shape[0] == (uint64_t)e.shape[0]) return DTNH_OK;
+    if (fb >= 0 && (f->entries[fb].ndim != 1 || f->entries[fb].shape[0] != w->shape[0]))
+        return dtnh_fail(err, DTNH_ERR_SHAPE, "weights: fc.bias has %llu values, fc.weight %llu rows",
+                         (unsigned long long)f->entries[fb].shape[0], (unsigned long long)w->shape[0]);
+    *other = 1;
+    return DTNH_OK;
+}
+
+static int dtnh__st_is_head(const char *name) {
+    return strcmp(name, "fc.weight") == 0 || strcmp(name, "fc.bias") == 0;
+}
+
+/* One file tensor against the network's entry of that name. */
+static dtnh_status dtnh__st_check_state(dtnh_st_file *f, int i, const dtnh_state_entry *e,
+                                        dtnh_error *err) {
+    const dtnh_st_entry *fe = &f->entries[i];
+    if (!e->f32 && !e->i64)
+        return dtnh_fail(err, DTNH_ERR_ARG, "weights: the network holds no '%s' of its own "
+                         "(external weights)", e->name);
+    if ((fe->dtype == DTNH_ST_I64) != (e->i64 != NULL))
+        return dtnh_fail(err, DTNH_ERR_FORMAT, "weights: tensor '%s' is %s in the file, the network "
+                         "needs %s", fe->name, dtnh__st_dtype_names[fe->dtype],
+                         e->i64 ? "I64" : "F32, F16 or BF16");
+    if (!dtnh_st_shape_is(f, i, e->ndim, e->shape)) return dtnh__st_shape_error(fe, e, err);
+    return dtnh_st_check_finite(f, i, err);
+}
+
+/* Pass one: checks every tensor of the file and fills the report; writes nothing. */
+static dtnh_status dtnh__st_plan_load(dtnh_resnet *net, dtnh_st_file *f, int strict,
+                                      dtnh_load_report *r, dtnh_error *err) {
+    dtnh_state_entry e;
+    dtnh_status s;
+    int i, n = dtnh_resnet_state_count(net);
+    if ((s = dtnh__st_other_head(net, f, &r->head_skipped, &r->file_classes, err))) return s;
+    for (i = 0; i < f->count; i++) {
+        int j = dtnh_resnet_state_find(net, f->entries[i].name);
+        if (j < 0) {
+            r->unknown++;
+            dtnh__st_list_name(r->unknown_names, f->entries[i].name);
+            continue;
+        }
+        if (r->head_skipped && dtnh__st_is_head(f->entries[i].name)) continue;
+        if ((s = dtnh_resnet_state_entry(net, j, &e, err))) return s;
+        if ((s = dtnh__st_check_state(f, i, &e, err))) return s;
+        r->loaded++;
+    }
+    for (i = 0; i < n; i++) {
+        if ((s = dtnh_resnet_state_entry(net, i, &e, err))) return s;
+        if (dtnh_st_find(f, e.name) >= 0) continue;
+        r->missing++;
+        dtnh__st_list_name(r->missing_names, e.name);
+    }
+    if (strict && (r->missing || r->unknown || r->head_skipped))
+        return dtnh_fail(err, DTNH_ERR_FORMAT, "weights (strict): missing %d [%s], unknown %d [%s]%s",
+                         r->missing, r->missing_names, r->unknown, r->unknown_names,
+                         r->head_skipped ? ", and fc has another class count" : "");
+    return DTNH_OK;
+}
+
+DTNHDEF dtnh_status dtnh_resnet_load(dtnh_resnet *net, dtnh_st_file *f, const dtnh_load_config *cfg,
+                                     dtnh_load_report *report, dtnh_error *err) {
+    dtnh_load_report local;
+    dtnh_load_report *r = report ? report : &local;
+    dtnh_state_entry e;
+    dtnh_status s;
+    int i;
+    memset(r, 0, sizeof *r);
+    if (!net || !f) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_load: NULL network or file");
+    if ((s = dtnh__st_plan_load(net, f, cfg ? cfg->strict : 0, r, err))) {
+        r->loaded = 0;
+        return s;
+    }
+    for (i = 0; i < f->count; i++) {
+        int j = dtnh_resnet_state_find(net, f->entries[i].name);
+        if (j < 0 || (r->head_skipped && dtnh__st_is_head(f->entries[i].name))) continue;
+        if ((s = dtnh_resnet_state_entry(net, j, &e, err))) return s;
+        s = e.i64 ? dtnh_st_read_i64(f, i, e.i64, e.count, err)
+                  : dtnh_st_read_f32(f, i, e.f32, e.count, err);
+        if (s) return s; /* only an I/O fault after pass one read the same bytes */
+    }
+    return DTNH_OK;
+}
+
+/* The network's state_dict as writer tensors, in torchvision's order. */
+static dtnh_status dtnh__st_state_tensors(const dtnh_resnet *net, dtnh_st_tensor *t, int *count,
+                                          dtnh_error *err) {
+    int i, d, n = dtnh_resnet_state_count(net);
+    if (n > DTNH__RESNET_MAX_STATE)
+        return dtnh_fail(err, DTNH_ERR_ARG, "resnet_save: %d state entries, at most %d", n,
+                         DTNH__RESNET_MAX_STATE);
+    for (i = 0; i < n; i++) {
+        dtnh_state_entry e;
+        dtnh_status s = dtnh_resnet_state_entry(net, i, &e, err);
+        if (s) return s;
+        if (!e.f32 && !e.i64)
+            return dtnh_fail(err, DTNH_ERR_ARG, "resnet_save: the network holds no '%s' of its own "
+                             "(external weights)", e.name);
+        memset(&t[i], 0, sizeof t[i]);
+        t[i].name = e.name;
+        t[i].dtype = e.i64 ? DTNH_ST_I64 : DTNH_ST_F32;
+        t[i].ndim = e.ndim;
+        for (d = 0; d < e.ndim; d++) t[i].shape[d] = e.shape[d];
+        t[i].f32 = e.f32;
+        t[i].i64 = e.i64;
+    }
+    *count = n;
+    return DTNH_OK;
+}
+
+static const dtnh_st_meta dtnh__st_torch_meta[1] = {{"format", "pt"}};
+
+DTNHDEF dtnh_status dtnh_resnet_save_memory(const dtnh_resnet *net, void *buf, size_t capacity,
+                                            size_t *size, dtnh_error *err) {
+    dtnh_st_tensor t[DTNH__RESNET_MAX_STATE];
+    int n = 0;
+    dtnh_status s;
+    if (!net) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_save: NULL network");
+    if ((s = dtnh__st_state_tensors(net, t, &n, err))) return s;
+    return dtnh_st_write_memory(t, n, dtnh__st_torch_meta, 1, buf, capacity, size, err);
+}
+
+/* A positive dimension that fits an int. */
+static int dtnh__st_dim(uint64_t v) { return v > 0 && v <= 0x7FFFFFFF ? (int)v : 0; }
+
+DTNHDEF dtnh_status dtnh_resnet_config_from_st(const dtnh_st_file *f, dtnh_resnet_config *cfg,
+                                               dtnh_error *err) {
+    int c = f ? dtnh_st_find(f, "conv1.weight") : -1, h = f ? dtnh_st_find(f, "fc.weight") : -1;
+    const dtnh_st_entry *conv, *fc;
+    if (!f || !cfg) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_config_from_st: NULL argument");
+    if (c < 0 || h < 0)
+        return dtnh_fail(err, DTNH_ERR_FORMAT, "weights: no %s, not a ResNet-18 state_dict",
+                         c < 0 ? "conv1.weight" : "fc.weight");
+    conv = &f->entries[c];
+    fc = &f->entries[h];
+    if (conv->ndim != 4 || conv->shape[2] != conv->shape[3] ||
+        (conv->shape[2] != 7 && conv->shape[2] != 3) || !dtnh__st_dim(conv->shape[0]) ||
+        !dtnh__st_dim(conv->shape[1]) || conv->shape[0] > 0x7FFFFFFF / 8)
+        return dtnh_fail(err, DTNH_ERR_FORMAT, "weights: conv1.weight should be [width, channels, "
+                         "7 or 3, 7 or 3], its shape has %d dimensions", conv->ndim);
+    if (fc->ndim != 2 || !dtnh__st_dim(fc->shape[0]) || fc->shape[1] != 8 * conv->shape[0])
+        return dtnh_fail(err, DTNH_ERR_FORMAT, "weights: fc.weight should be [classes, %llu] "
+                         "for a ResNet-18 of width %llu", (unsigned long long)(8 * conv->shape[0]),
+                         (unsigned long long)conv->shape[0]);
+    cfg->stem = conv->shape[2] == 7 ? DTNH_STEM_IMAGENET : DTNH_STEM_CIFAR;
+    cfg->width = (int)conv->shape[0];
+    cfg->in_channels = (int)conv->shape[1];
+    cfg->num_classes = (int)fc->shape[0];
+    return DTNH_OK;
+}
+
+#ifndef DTNH_NO_STDIO
+
+DTNHDEF dtnh_status dtnh_resnet_load_file(dtnh_resnet *net, const char *path, dtnh_arena *scratch,
+                                          const dtnh_load_config *cfg, dtnh_load_report *report,
+                                          dtnh_error *err) {
+    dtnh_st_file f;
+    size_t mark;
+    dtnh_status s;
+    memset(&f, 0, sizeof f);
+    if (report) memset(report, 0, sizeof *report);
+    if (!scratch) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_load_file: NULL scratch");
+    mark = dtnh_arena_mark(scratch);
+    s = dtnh_st_open(&f, path, scratch, err);
+    if (!s) s = dtnh_resnet_load(net, &f, cfg, report, err);
+    dtnh_st_close(&f);
+    dtnh_arena_reset(scratch, mark);
+    return s;
+}
+
+DTNHDEF dtnh_status dtnh_resnet_save(const dtnh_resnet *net, const char *path, dtnh_error *err) {
+    dtnh_st_tensor t[DTNH__RESNET_MAX_STATE];
+    int n = 0;
+    dtnh_status s;
+    if (!net) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_save: NULL network");
+    if ((s = dtnh__st_state_tensors(net, t, &n, err))) return s;
+    return dtnh_st_save(path, t, n, dtnh__st_torch_meta, 1, err);
+}
+
+DTNHDEF dtnh_status dtnh_resnet_config_from_file(const char *path, dtnh_arena *scratch,
+                                                 dtnh_resnet_config *cfg, dtnh_error *err) {
+    dtnh_st_file f;
+    size_t mark;
+    dtnh_status s;
+    memset(&f, 0, sizeof f);
+    if (!scratch) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_config_from_file: NULL scratch");
+    mark = dtnh_arena_mark(scratch);
+    s = dtnh_st_open(&f, path, scratch, err);
+    if (!s) s = dtnh_resnet_config_from_st(&f, cfg, err);
+    dtnh_st_close(&f);
+    dtnh_arena_reset(scratch, mark);
+    return s;
 }
 
 #endif /* DTNH_NO_STDIO */

@@ -377,8 +377,8 @@ static void malformed_json_is_rejected(void) {
         "{\"a\xed\xa0\x80\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
         "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}",
         "{\"__metadata__\":{\"k\":1},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-        "{\"__metadata__\":{},\"__metadata__\":{},\"a\":{\"dtype\":\"F32\",\"shape\":[1],"
-        "\"data_offsets\":[0,4]}}",
+        ("{\"__metadata__\":{},\"__metadata__\":{},\"a\":{\"dtype\":\"F32\",\"shape\":[1],"
+         "\"data_offsets\":[0,4]}}"),
     };
     size_t i;
     for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -558,6 +558,426 @@ static void open_reports_missing_files(void) {
     CHECK(f.fp == NULL);
 }
 
+/* ---- ResNet-18 weights --------------------------------------------------------------------------- */
+
+/* A small network (width 4) on malloc'd memory; buffers get values unlike their defaults. */
+typedef struct st_net {
+    dtnh_resnet net;
+    void *mem;
+} st_net;
+
+static dtnh_status st_net_init(st_net *n, dtnh_stem stem, int classes, uint64_t seed) {
+    dtnh_resnet_config cfg;
+    dtnh_resnet_plan plan;
+    dtnh_arena a;
+    dtnh_status s;
+    size_t i;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.width = 4;
+    cfg.stem = stem;
+    cfg.num_classes = classes;
+    cfg.height = cfg.width_px = 8;
+    cfg.train = DTNH_TRAIN_NONE;
+    cfg.seed = seed;
+    n->mem = NULL;
+    if ((s = dtnh_resnet_plan_memory(&cfg, 0, &plan, NULL))) return s;
+    n->mem = malloc(plan.persistent + 64);
+    dtnh_arena_init(&a, n->mem, plan.persistent + 64);
+    if ((s = dtnh_resnet_init(&n->net, &cfg, &a, NULL))) return s;
+    for (i = 0; i < n->net.buffers.total; i++) n->net.buffers.values[i] = (float)(seed % 7) + 0.01f * (float)i;
+    for (i = 0; i < n->net.buffers.count_total; i++) n->net.buffers.counts[i] = (int64_t)(seed * 100 + i);
+    return DTNH_OK;
+}
+
+/* Weights and buffers, bit for bit. */
+typedef struct st_snapshot {
+    float *w, *values;
+    int64_t *counts;
+} st_snapshot;
+
+static void st_snap(st_snapshot *s, const dtnh_resnet *net) {
+    const dtnh_buffers *b = &net->buffers;
+    s->w = (float *)malloc(net->params.total * sizeof(float));
+    s->values = (float *)malloc(b->total * sizeof(float));
+    s->counts = (int64_t *)malloc(b->count_total * sizeof(int64_t));
+    memcpy(s->w, net->params.w, net->params.total * sizeof(float));
+    memcpy(s->values, b->values, b->total * sizeof(float));
+    memcpy(s->counts, b->counts, b->count_total * sizeof(int64_t));
+}
+
+static int st_same(const st_snapshot *s, const dtnh_resnet *net) {
+    const dtnh_buffers *b = &net->buffers;
+    int same = memcmp(s->w, net->params.w, net->params.total * sizeof(float)) == 0 &&
+               memcmp(s->values, b->values, b->total * sizeof(float)) == 0 &&
+               memcmp(s->counts, b->counts, b->count_total * sizeof(int64_t)) == 0;
+    free(s->w);
+    free(s->values);
+    free(s->counts);
+    return same;
+}
+
+static int st_nets_equal(const dtnh_resnet *a, const dtnh_resnet *b) {
+    st_snapshot s;
+    st_snap(&s, a);
+    return st_same(&s, b);
+}
+
+/* The network's state as writer tensors, to make files with a tensor changed. */
+static int st_state_tensors(const dtnh_resnet *net, dtnh_st_tensor *t) {
+    int i, d, n = dtnh_resnet_state_count(net);
+    for (i = 0; i < n; i++) {
+        dtnh_state_entry e;
+        dtnh_resnet_state_entry(net, i, &e, NULL);
+        memset(&t[i], 0, sizeof t[i]);
+        t[i].name = e.name;
+        t[i].dtype = e.i64 ? DTNH_ST_I64 : DTNH_ST_F32;
+        t[i].ndim = e.ndim;
+        for (d = 0; d < e.ndim; d++) t[i].shape[d] = e.shape[d];
+        t[i].f32 = e.f32;
+        t[i].i64 = e.i64;
+    }
+    return n;
+}
+
+static unsigned char st_big[1 << 20];
+
+/* Writes tensors into st_big and opens it. */
+static dtnh_status st_open_tensors(dtnh_st_file *f, const dtnh_st_tensor *t, int n, dtnh_error *err) {
+    dtnh_arena a;
+    size_t size;
+    dtnh_status s = dtnh_st_write_memory(t, n, NULL, 0, st_big, sizeof st_big, &size, err);
+    if (s) return s;
+    st_arena(&a);
+    return dtnh_st_open_memory(f, st_big, size, &a, err);
+}
+
+static void resnet_save_and_load_round_trip_exactly(void) {
+    st_net a, b;
+    dtnh_st_file f;
+    dtnh_load_report rep;
+    dtnh_arena ar;
+    dtnh_error err;
+    size_t size;
+    CHECK_OK(st_net_init(&a, DTNH_STEM_CIFAR, 10, 1));
+    CHECK_OK(st_net_init(&b, DTNH_STEM_CIFAR, 10, 2));
+    CHECK(!st_nets_equal(&a.net, &b.net));
+    CHECK_OK(dtnh_resnet_save_memory(&a.net, st_big, sizeof st_big, &size, &err));
+    st_arena(&ar);
+    CHECK_OK(dtnh_st_open_memory(&f, st_big, size, &ar, &err));
+    CHECK(f.count == dtnh_resnet_state_count(&a.net) && strcmp(f.entries[0].name, "conv1.weight") == 0);
+    CHECK(f.entries[dtnh_st_find(&f, "bn1.num_batches_tracked")].dtype == DTNH_ST_I64);
+    CHECK(f.entries[dtnh_st_find(&f, "bn1.num_batches_tracked")].ndim == 0);
+    CHECK_OK(dtnh_resnet_load(&b.net, &f, NULL, &rep, &err));
+    CHECK(rep.loaded == f.count && rep.missing == 0 && rep.unknown == 0 && !rep.head_skipped);
+    CHECK(rep.file_classes == 10 && rep.missing_names[0] == '\0');
+    CHECK(st_nets_equal(&a.net, &b.net));
+    free(a.mem);
+    free(b.mem);
+}
+
+static void resnet_file_round_trip_and_config_from_header(void) {
+    st_net a, b, c;
+    dtnh_resnet_config cfg;
+    dtnh_load_report rep;
+    dtnh_arena ar;
+    dtnh_error err;
+    char path[512];
+    st_temp_path(path, sizeof path, "resnet");
+    CHECK_OK(st_net_init(&a, DTNH_STEM_CIFAR, 10, 3));
+    CHECK_OK(st_net_init(&b, DTNH_STEM_CIFAR, 10, 4));
+    CHECK_OK(st_net_init(&c, DTNH_STEM_IMAGENET, 7, 5));
+    CHECK_OK(dtnh_resnet_save(&a.net, path, &err));
+    st_arena(&ar);
+    memset(&cfg, 0, sizeof cfg);
+    cfg.max_batch = 9;
+    CHECK_OK(dtnh_resnet_config_from_file(path, &ar, &cfg, &err));
+    CHECK(cfg.stem == DTNH_STEM_CIFAR && cfg.width == 4 && cfg.in_channels == 3 &&
+          cfg.num_classes == 10 && cfg.max_batch == 9 && dtnh_arena_used(&ar) == 0);
+    CHECK_OK(dtnh_resnet_load_file(&b.net, path, &ar, NULL, &rep, &err));
+    CHECK(rep.loaded == dtnh_resnet_state_count(&a.net) && dtnh_arena_used(&ar) == 0);
+    CHECK(st_nets_equal(&a.net, &b.net));
+    CHECK_OK(dtnh_resnet_save(&c.net, path, &err));
+    CHECK_OK(dtnh_resnet_config_from_file(path, &ar, &cfg, &err));
+    CHECK(cfg.stem == DTNH_STEM_IMAGENET && cfg.num_classes == 7);
+    remove(path);
+    free(a.mem);
+    free(b.mem);
+    free(c.mem);
+}
+
+/* The transfer case: a source with 10 classes into a target with 5. */
+static void another_class_count_keeps_the_new_head(void) {
+    st_net a, b;
+    dtnh_st_file f;
+    dtnh_load_report rep;
+    dtnh_arena ar;
+    dtnh_error err;
+    float head[5 * 32 + 5];
+    size_t size, fcw;
+    int iw, ib;
+    CHECK_OK(st_net_init(&a, DTNH_STEM_CIFAR, 10, 1));
+    CHECK_OK(st_net_init(&b, DTNH_STEM_CIFAR, 5, 2));
+    iw = dtnh_params_find(&b.net.params, "fc.weight");
+    ib = dtnh_params_find(&b.net.params, "fc.bias");
+    fcw = b.net.params.views[iw].offset;
+    CHECK(b.net.params.views[ib].offset == fcw + 5 * 32 && fcw + 5 * 32 + 5 == b.net.params.total);
+    memcpy(head, b.net.params.w + fcw, sizeof head);
+    CHECK_OK(dtnh_resnet_save_memory(&a.net, st_big, sizeof st_big, &size, &err));
+    st_arena(&ar);
+    CHECK_OK(dtnh_st_open_memory(&f, st_big, size, &ar, &err));
+    CHECK_OK(dtnh_resnet_load(&b.net, &f, NULL, &rep, &err));
+    CHECK(rep.head_skipped == 1 && rep.file_classes == 10 && rep.missing == 0 && rep.unknown == 0);
+    CHECK(rep.loaded == f.count - 2);
+    CHECK(memcmp(head, b.net.params.w + fcw, sizeof head) == 0);
+    CHECK(memcmp(a.net.params.w, b.net.params.w, fcw * sizeof(float)) == 0);
+    CHECK(memcmp(a.net.buffers.values, b.net.buffers.values, a.net.buffers.total * sizeof(float)) == 0);
+    free(a.mem);
+    free(b.mem);
+}
+
+static void strict_load_refuses_another_head(void) {
+    st_net a, b;
+    st_snapshot snap;
+    dtnh_st_file f;
+    dtnh_load_config lc;
+    dtnh_load_report rep;
+    dtnh_arena ar;
+    dtnh_error err;
+    size_t size;
+    CHECK_OK(st_net_init(&a, DTNH_STEM_CIFAR, 10, 1));
+    CHECK_OK(st_net_init(&b, DTNH_STEM_CIFAR, 5, 2));
+    CHECK_OK(dtnh_resnet_save_memory(&a.net, st_big, sizeof st_big, &size, &err));
+    st_arena(&ar);
+    CHECK_OK(dtnh_st_open_memory(&f, st_big, size, &ar, &err));
+    lc.strict = 1;
+    st_snap(&snap, &b.net);
+    CHECK_STATUS(dtnh_resnet_load(&b.net, &f, &lc, &rep, &err), DTNH_ERR_FORMAT);
+    CHECK(strstr(err.msg, "class count") != NULL && rep.loaded == 0);
+    CHECK(st_same(&snap, &b.net));
+    free(a.mem);
+    free(b.mem);
+}
+
+static void missing_and_unknown_names_are_reported(void) {
+    static const float extra[2] = {1, 2};
+    st_net a, b;
+    st_snapshot snap;
+    dtnh_st_tensor t[DTNH__RESNET_MAX_STATE + 1];
+    dtnh_st_file f;
+    dtnh_load_config lc;
+    dtnh_load_report rep;
+    dtnh_error err;
+    int n, i, j;
+    CHECK_OK(st_net_init(&a, DTNH_STEM_CIFAR, 10, 1));
+    CHECK_OK(st_net_init(&b, DTNH_STEM_CIFAR, 10, 2));
+    n = st_state_tensors(&a.net, t);
+    for (i = j = 0; i < n; i++) /* drop two */
+        if (strcmp(t[i].name, "layer1.0.bn1.running_var") && strcmp(t[i].name, "fc.bias")) t[j++] = t[i];
+    memset(&t[j], 0, sizeof t[j]);
+    t[j].name = "extra.weight";
+    t[j].ndim = 1;
+    t[j].shape[0] = 2;
+    t[j].f32 = extra;
+    CHECK_OK(st_open_tensors(&f, t, j + 1, &err));
+    lc.strict = 1;
+    st_snap(&snap, &b.net);
+    CHECK_STATUS(dtnh_resnet_load(&b.net, &f, &lc, &rep, &err), DTNH_ERR_FORMAT);
+    CHECK(strstr(err.msg, "fc.bias") && strstr(err.msg, "extra.weight"));
+    CHECK(st_same(&snap, &b.net));
+    CHECK_OK(dtnh_resnet_load(&b.net, &f, NULL, &rep, &err));
+    CHECK(rep.missing == 2 && rep.unknown == 1 && rep.loaded == n - 2);
+    CHECK(strcmp(rep.missing_names, "layer1.0.bn1.running_var, fc.bias") == 0);
+    CHECK(strcmp(rep.unknown_names, "extra.weight") == 0);
+    free(a.mem);
+    free(b.mem);
+}
+
+/* Every model tensor missing: the list of names ends with "..." and stays in its buffer. */
+static void a_long_list_of_names_is_cut_with_an_ellipsis(void) {
+    static const float one[1] = {1};
+    st_net b;
+    st_snapshot snap;
+    dtnh_st_tensor t;
+    dtnh_st_file f;
+    dtnh_load_report rep;
+    dtnh_error err;
+    size_t len;
+    CHECK_OK(st_net_init(&b, DTNH_STEM_CIFAR, 10, 2));
+    memset(&t, 0, sizeof t);
+    t.name = "something.else";
+    t.f32 = one;
+    CHECK_OK(st_open_tensors(&f, &t, 1, &err));
+    st_snap(&snap, &b.net);
+    CHECK_OK(dtnh_resnet_load(&b.net, &f, NULL, &rep, &err));
+    CHECK(rep.loaded == 0 && rep.unknown == 1 && rep.missing == dtnh_resnet_state_count(&b.net));
+    len = strlen(rep.missing_names);
+    CHECK(len < DTNH_LOAD_NAMES_SIZE && strcmp(rep.missing_names + len - 3, "...") == 0);
+    CHECK(strncmp(rep.missing_names, "conv1.weight, bn1.weight, ", 26) == 0);
+    CHECK(st_same(&snap, &b.net));
+    free(b.mem);
+}
+
+/* A tensor shaped for another network: an error naming it, and nothing written, even though
+   the tensors before it in the file are fine. */
+static void wrong_shape_leaves_the_network_unchanged(void) {
+    st_net a, b;
+    st_snapshot snap;
+    dtnh_st_tensor t[DTNH__RESNET_MAX_STATE];
+    dtnh_st_file f;
+    dtnh_load_report rep;
+    dtnh_error err;
+    int n, i;
+    CHECK_OK(st_net_init(&a, DTNH_STEM_CIFAR, 10, 1));
+    CHECK_OK(st_net_init(&b, DTNH_STEM_CIFAR, 10, 2));
+    n = st_state_tensors(&a.net, t);
+    i = dtnh_resnet_state_find(&a.net, "layer2.0.conv1.weight");
+    CHECK(t[i].shape[0] == 8 && t[i].shape[1] == 4);
+    t[i].shape[0] = 4; /* same element count, another shape */
+    t[i].shape[1] = 8;
+    CHECK_OK(st_open_tensors(&f, t, n, &err));
+    st_snap(&snap, &b.net);
+    CHECK_STATUS(dtnh_resnet_load(&b.net, &f, NULL, &rep, &err), DTNH_ERR_SHAPE);
+    CHECK_MSG(strstr(err.msg, "'layer2.0.conv1.weight'") && strstr(err.msg, "[4, 8, 3, 3]") &&
+              strstr(err.msg, "[8, 4, 3, 3]"), "%s", err.msg);
+    CHECK(rep.loaded == 0);
+    CHECK(st_same(&snap, &b.net));
+    free(a.mem);
+    free(b.mem);
+}
+
+static void nan_weight_leaves_the_network_unchanged(void) {
+    volatile float zero = 0;
+    st_net a, b;
+    st_snapshot snap;
+    dtnh_st_file f;
+    dtnh_error err;
+    size_t size;
+    dtnh_arena ar;
+    int v;
+    CHECK_OK(st_net_init(&a, DTNH_STEM_CIFAR, 10, 1));
+    CHECK_OK(st_net_init(&b, DTNH_STEM_CIFAR, 10, 2));
+    v = dtnh_params_find(&a.net.params, "layer3.1.bn2.bias");
+    a.net.params.w[a.net.params.views[v].offset + 5] = zero / zero;
+    CHECK_OK(dtnh_resnet_save_memory(&a.net, st_big, sizeof st_big, &size, &err));
+    st_arena(&ar);
+    CHECK_OK(dtnh_st_open_memory(&f, st_big, size, &ar, &err));
+    st_snap(&snap, &b.net);
+    CHECK_STATUS(dtnh_resnet_load(&b.net, &f, NULL, NULL, &err), DTNH_ERR_NUMERIC);
+    CHECK(strstr(err.msg, "'layer3.1.bn2.bias'") && strstr(err.msg, "element 5"));
+    CHECK(st_same(&snap, &b.net));
+    free(a.mem);
+    free(b.mem);
+}
+
+static void counter_of_the_wrong_dtype_is_rejected(void) {
+    static const float fake = 3.0f;
+    st_net a, b;
+    st_snapshot snap;
+    dtnh_st_tensor t[DTNH__RESNET_MAX_STATE];
+    dtnh_st_file f;
+    dtnh_error err;
+    int n, i;
+    CHECK_OK(st_net_init(&a, DTNH_STEM_CIFAR, 10, 1));
+    CHECK_OK(st_net_init(&b, DTNH_STEM_CIFAR, 10, 2));
+    n = st_state_tensors(&a.net, t);
+    i = dtnh_resnet_state_find(&a.net, "layer4.1.bn1.num_batches_tracked");
+    t[i].dtype = DTNH_ST_F32;
+    t[i].f32 = &fake;
+    t[i].i64 = NULL;
+    CHECK_OK(st_open_tensors(&f, t, n, &err));
+    st_snap(&snap, &b.net);
+    CHECK_STATUS(dtnh_resnet_load(&b.net, &f, NULL, NULL, &err), DTNH_ERR_FORMAT);
+    CHECK(strstr(err.msg, "'layer4.1.bn1.num_batches_tracked'") && strstr(err.msg, "I64"));
+    CHECK(st_same(&snap, &b.net));
+    free(a.mem);
+    free(b.mem);
+}
+
+/* A half-precision file loads widened: every weight within half's rounding of the source. */
+static void f16_and_bf16_weights_load_widened(void) {
+    st_net a, b;
+    dtnh_st_tensor t[DTNH__RESNET_MAX_STATE];
+    dtnh_st_file f;
+    dtnh_error err;
+    int n, i, pass;
+    size_t j;
+    CHECK_OK(st_net_init(&a, DTNH_STEM_IMAGENET, 10, 1));
+    CHECK_OK(st_net_init(&b, DTNH_STEM_IMAGENET, 10, 2));
+    for (pass = 0; pass < 2; pass++) {
+        double rel = pass ? 1.0 / 256 : 1.0 / 2048;
+        n = st_state_tensors(&a.net, t);
+        for (i = 0; i < n; i++)
+            if (t[i].dtype == DTNH_ST_F32) t[i].dtype = pass ? DTNH_ST_BF16 : DTNH_ST_F16;
+        CHECK_OK(st_open_tensors(&f, t, n, &err));
+        CHECK_OK(dtnh_resnet_load(&b.net, &f, NULL, NULL, &err));
+        for (j = 0; j < a.net.params.total; j++)
+            CHECK_MSG(fabs(a.net.params.w[j] - b.net.params.w[j]) <= rel * fabs(a.net.params.w[j]) + 1e-7,
+                      "pass %d, weight %zu: %g against %g", pass, j, b.net.params.w[j], a.net.params.w[j]);
+        CHECK(memcmp(a.net.buffers.counts, b.net.buffers.counts, a.net.buffers.count_total * 8) == 0);
+    }
+    free(a.mem);
+    free(b.mem);
+}
+
+static void config_from_header_rejects_other_networks(void) {
+    static const float z[8 * 3 * 5 * 5] = {0};
+    dtnh_st_tensor t[2];
+    dtnh_st_file f;
+    dtnh_resnet_config cfg;
+    dtnh_error err;
+    memset(t, 0, sizeof t);
+    memset(&cfg, 0, sizeof cfg);
+    t[0].name = "conv1.weight";
+    t[0].ndim = 4;
+    t[0].shape[0] = 8;
+    t[0].shape[1] = 3;
+    t[0].shape[2] = t[0].shape[3] = 5; /* neither stem */
+    t[0].f32 = z;
+    t[1].name = "fc.weight";
+    t[1].ndim = 2;
+    t[1].shape[0] = 2;
+    t[1].shape[1] = 64;
+    t[1].f32 = z;
+    CHECK_OK(st_open_tensors(&f, t, 2, &err));
+    CHECK_STATUS(dtnh_resnet_config_from_st(&f, &cfg, &err), DTNH_ERR_FORMAT);
+    CHECK(strstr(err.msg, "conv1.weight") != NULL);
+    t[0].shape[2] = t[0].shape[3] = 3;
+    t[1].shape[1] = 32; /* not 8 x width */
+    CHECK_OK(st_open_tensors(&f, t, 2, &err));
+    CHECK_STATUS(dtnh_resnet_config_from_st(&f, &cfg, &err), DTNH_ERR_FORMAT);
+    CHECK(strstr(err.msg, "fc.weight") != NULL);
+    CHECK_OK(st_open_tensors(&f, t, 1, &err));
+    CHECK_STATUS(dtnh_resnet_config_from_st(&f, &cfg, &err), DTNH_ERR_FORMAT);
+    CHECK(cfg.width == 0);
+}
+
+/* A weights file cut short on disk: the load fails and the network keeps its weights. */
+static void truncated_weights_file_changes_nothing(void) {
+    st_net a, b;
+    st_snapshot snap;
+    dtnh_arena ar;
+    dtnh_error err;
+    char path[512];
+    size_t size;
+    FILE *fp;
+    CHECK_OK(st_net_init(&a, DTNH_STEM_CIFAR, 10, 1));
+    CHECK_OK(st_net_init(&b, DTNH_STEM_CIFAR, 10, 2));
+    CHECK_OK(dtnh_resnet_save_memory(&a.net, st_big, sizeof st_big, &size, &err));
+    st_temp_path(path, sizeof path, "cut");
+    fp = fopen(path, "wb");
+    CHECK(fp != NULL);
+    CHECK(fwrite(st_big, 1, size - 20, fp) == size - 20);
+    fclose(fp);
+    st_arena(&ar);
+    st_snap(&snap, &b.net);
+    CHECK_STATUS(dtnh_resnet_load_file(&b.net, path, &ar, NULL, NULL, &err), DTNH_ERR_FORMAT);
+    CHECK_MSG(strstr(err.msg, "fc.bias") != NULL, "%s", err.msg); /* the last tensor is cut */
+    CHECK(st_same(&snap, &b.net));
+    remove(path);
+    free(a.mem);
+    free(b.mem);
+}
+
 void suite_safetensors(void) {
     RUN(round_trip_every_dtype_in_memory);
     RUN(round_trip_through_a_file);
@@ -581,4 +1001,16 @@ void suite_safetensors(void) {
     RUN(every_truncation_and_bit_flip_fails_cleanly);
     RUN(failed_save_leaves_the_previous_file);
     RUN(open_reports_missing_files);
+    RUN(resnet_save_and_load_round_trip_exactly);
+    RUN(resnet_file_round_trip_and_config_from_header);
+    RUN(another_class_count_keeps_the_new_head);
+    RUN(strict_load_refuses_another_head);
+    RUN(missing_and_unknown_names_are_reported);
+    RUN(a_long_list_of_names_is_cut_with_an_ellipsis);
+    RUN(wrong_shape_leaves_the_network_unchanged);
+    RUN(nan_weight_leaves_the_network_unchanged);
+    RUN(counter_of_the_wrong_dtype_is_rejected);
+    RUN(f16_and_bf16_weights_load_widened);
+    RUN(config_from_header_rejects_other_networks);
+    RUN(truncated_weights_file_changes_nothing);
 }

@@ -43,7 +43,13 @@ FILE LAYOUT: tests/fixtures/resnet_<name>_<train|eval>.safetensors, tensors
     grad.<param>            F32 [..]  the whole gradient (cifar_w16 training only)
     running.<buffer>        F32/I64   every BN buffer after the step (training mode)
 and metadata: config, stem, width, in_channels, height, width_px, batch, classes, mode,
-torch version. "train" is model.train() (batch statistics; one forward updates the running
+torch version.
+
+A PYTORCH CHECKPOINT, LOADED AS USERS LOAD THEIRS: a width-4 ResNet-18 (imagenet stem, 5
+classes) with torch.manual_seed(0)'s default initialisation and random running statistics
+(num_batches_tracked 123) is exported by tools/export_torchvision.py to
+resnet_w4_weights.safetensors; resnet_w4_expect.safetensors holds its evaluation-mode
+logits for the input u(i, 1000) of shape [2, 3, 32, 32] (float32 PyTorch, as users run it). "train" is model.train() (batch statistics; one forward updates the running
 statistics, momentum 0.1, unbiased variance); "eval" is model.eval() (running statistics),
 and both take the gradient of the loss with respect to every parameter.
 """
@@ -167,12 +173,35 @@ def run(cfg, mode):
         os.path.relpath(path), loss.item(), logits.abs().max().item(), os.path.getsize(path)))
 
 
+def export_checkpoint():
+    torch.manual_seed(0)
+    model = ex.ResNet18(4, 3, 5, "imagenet")
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(0.1 * torch.randn_like(buf))
+            elif name.endswith("running_var"):
+                buf.copy_(0.5 + torch.rand_like(buf))
+            else:
+                buf.fill_(123)
+    model.eval()
+    path = os.path.join(OUT, "resnet_w4_weights.safetensors")
+    ex.to_safetensors(model.state_dict(), path)
+    x = torch.from_numpy(uniform(2 * 3 * 32 * 32, 1000).astype(np.float32)).reshape(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+    expect = os.path.join(OUT, "resnet_w4_expect.safetensors")
+    ex.save_safetensors({"logits": logits}, expect, {"height": 32, "batch": 2})
+    print("%-45s %7d bytes" % (os.path.relpath(path), os.path.getsize(path)))
+
+
 def main():
     torch.set_num_threads(1)
     os.makedirs(OUT, exist_ok=True)
     for cfg in CONFIGS:
         for mode in ("train", "eval"):
             run(cfg, mode)
+    export_checkpoint()
 
 
 if __name__ == "__main__":
