@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "test.h"
+#include "../dtnh_nn.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -500,6 +501,231 @@ static void fused_step_rejects_bad_input(void) {
     CHECK(o.step == 0);
 }
 
+
+/* ---- one full step against PyTorch (tools/gen_dtnh_fixtures.py) ----------------------------- */
+
+/* The closed-form weights of tools/gen_fixtures.py's docstring: element i of state tensor k. */
+static double dt_u(size_t i, int k) {
+    uint32_t x = (uint32_t)i * 0x9E3779B1u + (uint32_t)(k + 1) * 0x85EBCA77u;
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    x ^= x >> 16;
+    return (double)(x >> 8) * (1.0 / 8388608.0) - 1.0;
+}
+
+static int dt_ends_with(const char *s, const char *tail) {
+    size_t n = strlen(s), m = strlen(tail);
+    return n >= m && strcmp(s + n - m, tail) == 0;
+}
+
+/* One operation per statement, so no compiler fuses what Python rounds twice. */
+static float dt_formula(const dtnh_state_entry *e, size_t i, int k) {
+    double u = dt_u(i, k), t;
+    if (strcmp(e->name, "fc.weight") == 0) return (float)(u / sqrt((double)e->shape[1]));
+    if (dt_ends_with(e->name, ".bias") || dt_ends_with(e->name, "running_mean")) {
+        t = 0.1 * u;
+        return (float)t;
+    }
+    if (e->ndim == 4) {
+        t = sqrt(6.0 / ((double)e->shape[1] * e->shape[2] * e->shape[3]));
+        return (float)(u * t);
+    }
+    if (dt_ends_with(e->name, "running_var")) {
+        t = 0.5 * u;
+        return (float)(1.0 + t);
+    }
+    t = 0.25 * u;
+    return (float)(0.7 + t);
+}
+
+static void dt_fill(dtnh_resnet *net, int key) {
+    int k;
+    for (k = 0; k < dtnh_resnet_state_count(net); k++) {
+        dtnh_state_entry e;
+        size_t i;
+        dtnh_resnet_state_entry(net, k, &e, NULL);
+        if (e.i64) e.i64[0] = 0;
+        else
+            for (i = 0; i < e.count; i++) e.f32[i] = dt_formula(&e, i, k + key);
+    }
+}
+
+typedef struct dt_torch {
+    dtnh_st_file f;
+    dtnh_resnet net;
+    dtnh_fmap_reg reg;
+    dtnh_arena persistent, step, scratch;
+    void *mem[3];
+    float x[4 * 3 * 16 * 16], *w0;
+    int labels[4];
+} dt_torch;
+
+static double dt_meta(const dt_torch *t, const char *key) {
+    const char *v = dtnh_st_meta_get(&t->f, key);
+    return v ? atof(v) : -1;
+}
+
+static float dt_scalar(dt_torch *t, const char *name) {
+    float v = -1e30f;
+    int i = dtnh_st_find(&t->f, name);
+    if (i >= 0) dtnh_st_read_f32(&t->f, i, &v, 1, NULL);
+    return v;
+}
+
+static void dt_torch_close(dt_torch *t) {
+    int i;
+    dtnh_st_close(&t->f);
+    for (i = 0; i < 3; i++) free(t->mem[i]);
+    free(t->w0);
+}
+
+/* The fixture's network (cifar stem, width 4, 16x16, batch 4, 10 classes, training mode),
+   the target at formula key 0, its g_J from one forward and backward. */
+static dtnh_status dt_torch_open(dt_torch *t, const char *file, int fmap) {
+    static const char *hooks[4] = {"layer1", "layer2", "layer3", "layer4"};
+    static const int xshape[4] = {4, 3, 16, 16};
+    dtnh_resnet_config c;
+    dtnh_resnet_plan plan;
+    dtnh_tensor x, logits;
+    float dlogits[40];
+    double loss;
+    dtnh_status s;
+    size_t i;
+    int k;
+    memset(t, 0, sizeof *t);
+    t->mem[0] = malloc(1 << 20);
+    dtnh_arena_init(&t->scratch, t->mem[0], 1 << 20);
+    if ((s = dtnh_st_open(&t->f, t_fixture(file), &t->scratch, NULL))) return s;
+    memset(&c, 0, sizeof c);
+    c.stem = DTNH_STEM_CIFAR;
+    c.width = 4;
+    c.num_classes = 10;
+    c.height = c.width_px = 16;
+    c.max_batch = 4;
+    c.bn_stats = DTNH_BN_STATS_BATCH;
+    c.roles = DTNH_ROLE_W | DTNH_ROLE_W_SRC | DTNH_ROLE_G_J | DTNH_ROLE_G_OMEGA;
+    c.hook_count = 4;
+    for (k = 0; k < 4; k++) c.hooks[k] = hooks[k];
+    if ((s = dtnh_resnet_plan_memory(&c, 1, &plan, NULL))) return s;
+    t->mem[1] = malloc(plan.persistent + plan.step_train + (1 << 20));
+    t->mem[2] = malloc(2 * plan.step_train + (1 << 20));
+    dtnh_arena_init(&t->persistent, t->mem[1], plan.persistent + plan.step_train + (1 << 20));
+    dtnh_arena_init(&t->step, t->mem[2], 2 * plan.step_train + (1 << 20));
+    if ((s = dtnh_resnet_init(&t->net, &c, &t->persistent, NULL))) return s;
+    if (fmap) { /* the source model: its weights into w_s, its statistics into the copy */
+        dtnh_fmap_config fc;
+        memset(&fc, 0, sizeof fc);
+        fc.alpha = dt_meta(t, "alpha");
+        dt_fill(&t->net, (int)dt_meta(t, "source_key"));
+        dtnh_copy(t->net.params.total, t->net.params.w, t->net.params.w_src);
+        if ((s = dtnh_fmap_reg_init(&t->reg, &fc, &t->net, NULL, &t->persistent, NULL))) return s;
+    }
+    dt_fill(&t->net, 0);
+    t->w0 = (float *)malloc(t->net.params.total * sizeof(float));
+    dtnh_copy(t->net.params.total, t->net.params.w, t->w0);
+    for (i = 0; i < sizeof t->x / sizeof t->x[0]; i++) t->x[i] = (float)dt_u(i, 1000);
+    for (k = 0; k < 4; k++) t->labels[k] = (7 * k + 3) % 10;
+    if ((s = dtnh_tensor_view(&x, t->x, 4, xshape, NULL)) ||
+        (s = dtnh_resnet_forward(&t->net, &x, &t->step, &logits, NULL)) ||
+        (s = dtnh_softmax_cross_entropy(4, 10, logits.data, t->labels, dlogits, &loss, NULL)) ||
+        (s = dtnh_resnet_backward(&t->net, dlogits, NULL, t->net.params.g_j, 0, NULL)))
+        return s;
+    if (fabs(loss - dt_scalar(t, "loss")) > 1e-4 * fabs(loss)) return DTNH_ERR_NUMERIC;
+    if (fmap) {
+        double omega;
+        if ((s = dtnh_fmap_reg_compute(&t->reg, &x, &t->step, t->net.params.g_omega, 0, &omega, NULL)))
+            return s;
+        if (fabs(omega - dt_scalar(t, "omega")) > 1e-4 * fabs(omega)) return DTNH_ERR_NUMERIC;
+    }
+    return DTNH_OK;
+}
+
+/* Every parameter after the step against w + PyTorch's update: the weights to 1e-4 of their
+   norm, the update itself to 1e-3 of its norm, view by view. */
+static int dt_torch_weights_agree(dt_torch *t) {
+    const dtnh_params *p = &t->net.params;
+    static float upd[1 << 16];
+    int i;
+    for (i = 0; i < p->count; i++) {
+        const dtnh_param_view *v = &p->views[i];
+        char key[96];
+        double dw = 0, du = 0, nw = 0, nu = 0;
+        size_t k;
+        int at;
+        snprintf(key, sizeof key, "update.%s", v->name);
+        at = dtnh_st_find(&t->f, key);
+        if (at < 0 || v->count > sizeof upd / sizeof upd[0] ||
+            dtnh_st_read_f32(&t->f, at, upd, v->count, NULL))
+            return 0;
+        for (k = 0; k < v->count; k++) {
+            double want = (double)t->w0[v->offset + k] + upd[k], got = p->w[v->offset + k];
+            double mine = got - t->w0[v->offset + k];
+            dw += (got - want) * (got - want);
+            nw += want * want;
+            du += (mine - upd[k]) * (mine - upd[k]);
+            nu += (double)upd[k] * upd[k];
+        }
+        if (sqrt(dw) > 1e-4 * sqrt(nw) || sqrt(du) > 1e-3 * sqrt(nu) + 1e-9) {
+            printf("    %s: |w - w_torch| = %.3g of %.3g, |dw - dw_torch| = %.3g of %.3g\n", v->name,
+                   sqrt(dw), sqrt(nw), sqrt(du), sqrt(nu));
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void dt_torch_check_stats(dt_torch *t, const dtnh_direction_stats *st) {
+    double cos = dt_scalar(t, "dot") / dt_scalar(t, "norm_g_j") / dt_scalar(t, "norm_g_omega");
+    CHECK_NEAR(st->norm_g_j, dt_scalar(t, "norm_g_j"), 1e-4);
+    CHECK_NEAR(st->norm_g_omega, dt_scalar(t, "norm_g_omega"), 1e-4);
+    CHECK_NEAR(st->cos_j_omega, cos, 1e-4);
+    CHECK(st->projected == 1);
+}
+
+static void dtnh_l2sp_step_on_resnet_matches_torch(void) {
+    static dt_torch t;
+    dtnh_optim o;
+    dtnh_optim_config oc;
+    dtnh_l2sp_config rc;
+    dtnh_direction_stats st;
+    int i;
+    CHECK_OK(dt_torch_open(&t, "dtnh_step_l2sp.safetensors", 0));
+    for (i = 0; i < t.net.params.count; i++) {
+        const dtnh_param_view *v = &t.net.params.views[i];
+        char key[96];
+        snprintf(key, sizeof key, "w_src.%s", v->name);
+        CHECK_OK(dtnh_st_read_f32(&t.f, dtnh_st_find(&t.f, key), t.net.params.w_src + v->offset, v->count, NULL));
+    }
+    memset(&oc, 0, sizeof oc);
+    oc.lr = dt_meta(&t, "lr");
+    memset(&rc, 0, sizeof rc);
+    rc.alpha = dt_meta(&t, "alpha");
+    rc.beta = dt_meta(&t, "beta");
+    CHECK_OK(dtnh_optim_init(&o, &oc, &t.net.params, &t.persistent, NULL));
+    CHECK_OK(dtnh_step_l2sp(&o, NULL, &rc, &t.net.params, t.net.params.g_j, &st, NULL));
+    CHECK_NEAR(st.omega, dt_scalar(&t, "omega"), 1e-4);
+    dt_torch_check_stats(&t, &st);
+    CHECK(dt_torch_weights_agree(&t));
+    dt_torch_close(&t);
+}
+
+static void dtnh_feature_map_step_on_resnet_matches_torch(void) {
+    static dt_torch t;
+    dtnh_optim o;
+    dtnh_optim_config oc;
+    dtnh_direction_stats st;
+    CHECK_OK(dt_torch_open(&t, "dtnh_step_fmap.safetensors", 1));
+    memset(&oc, 0, sizeof oc);
+    oc.lr = dt_meta(&t, "lr");
+    CHECK_OK(dtnh_optim_init(&o, &oc, &t.net.params, &t.persistent, NULL));
+    CHECK_OK(dtnh_step(&o, NULL, &t.net.params, t.net.params.g_j, t.net.params.g_omega, &st, NULL));
+    dt_torch_check_stats(&t, &st);
+    CHECK(dt_torch_weights_agree(&t));
+    dt_torch_close(&t);
+}
+
 #ifdef _OPENMP
 /* Fixed partitions: the same bits with 1 thread and with several. */
 static void fused_step_bits_do_not_depend_on_threads(void) {
@@ -548,6 +774,8 @@ void suite_dtnh(void) {
     RUN(l2_toward_zero_is_plain_weight_decay);
     RUN(fused_step_refuses_nan_before_changing_anything);
     RUN(fused_step_rejects_bad_input);
+    RUN(dtnh_l2sp_step_on_resnet_matches_torch);
+    RUN(dtnh_feature_map_step_on_resnet_matches_torch);
 #ifdef _OPENMP
     RUN(fused_step_bits_do_not_depend_on_threads);
 #endif
