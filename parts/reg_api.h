@@ -74,12 +74,15 @@ DTNHDEF dtnh_status dtnh_fmap_reg_init(dtnh_fmap_reg *r, const dtnh_fmap_config 
                                        dtnh_resnet *target, const dtnh_resnet *stats_from,
                                        dtnh_arena *persistent, dtnh_error *err);
 /* After the target's training forward on x (and before or after its g_J backward): runs the
-   source on x, stores the value in *value and the gradient in g_omega (a flat vector over
-   the target's params; overwritten on the trainable views, or added to with accumulate).
-   Uses the step arena above the forward's tensors and gives it back. */
+   source on x, stores the value in *value (may be NULL) and backpropagates from the hooks into
+   grad (a flat vector over the target's params; overwritten on the trainable views, or added
+   to with accumulate). dlogits NULL, the DTNH way: grad is g_Omega alone. dlogits given: the
+   loss gradient goes back in the same pass and grad gets g_J + g_Omega (plain regularized
+   fine-tuning, one backward). Uses the step arena above the forward's tensors, and gives it
+   back; a counting step arena only counts. */
 DTNHDEF dtnh_status dtnh_fmap_reg_compute(dtnh_fmap_reg *r, const dtnh_tensor *x,
-                                          dtnh_arena *step, float *g_omega, int accumulate,
-                                          double *value, dtnh_error *err);
+                                          dtnh_arena *step, const float *dlogits, float *grad,
+                                          int accumulate, double *value, dtnh_error *err);
 
 /* DELTA's attention, once per run: for each hooked layer and channel, how much the mean
    cross-entropy of net on the batches (x[b], labels[b]) rises when the channel is zeroed; per

@@ -335,8 +335,9 @@ static dtnh_status dtnh__fmap_hook(dtnh_fmap_reg *r, int i, const dtnh_tensor *f
 }
 
 /* Everything compute does between the source forward and the backward, on the step arena. */
-static dtnh_status dtnh__fmap_run(dtnh_fmap_reg *r, const dtnh_tensor *x, dtnh_arena *step, float *g_omega,
-                                  int accumulate, double *value, dtnh_error *err) {
+static dtnh_status dtnh__fmap_run(dtnh_fmap_reg *r, const dtnh_tensor *x, dtnh_arena *step,
+                                  const float *dlogits, float *grad, int accumulate, double *value,
+                                  dtnh_error *err) {
     const float *hook_grads[DTNH_RESNET_MAX_HOOKS];
     dtnh_tensor logits;
     double total = 0;
@@ -362,23 +363,23 @@ static dtnh_status dtnh__fmap_run(dtnh_fmap_reg *r, const dtnh_tensor *x, dtnh_a
         total += v;
     }
     if (dtnh_arena_is_counting(step)) return DTNH_OK;
-    if ((s = dtnh_resnet_backward(r->target, NULL, hook_grads, g_omega, accumulate, err))) return s;
+    if ((s = dtnh_resnet_backward(r->target, dlogits, hook_grads, grad, accumulate, err))) return s;
     if (value) *value = total;
     return DTNH_OK;
 }
 
 DTNHDEF dtnh_status dtnh_fmap_reg_compute(dtnh_fmap_reg *r, const dtnh_tensor *x,
-                                          dtnh_arena *step, float *g_omega, int accumulate,
-                                          double *value, dtnh_error *err) {
+                                          dtnh_arena *step, const float *dlogits, float *grad,
+                                          int accumulate, double *value, dtnh_error *err) {
     size_t mark;
     dtnh_status s;
-    if (!r || !r->target || !x || !step || (!g_omega && !dtnh_arena_is_counting(step)))
-        return dtnh_fail(err, DTNH_ERR_ARG, "fmap_reg_compute: NULL regularizer, input, arena or g_Omega");
+    if (!r || !r->target || !x || !step || (!grad && !dtnh_arena_is_counting(step)))
+        return dtnh_fail(err, DTNH_ERR_ARG, "fmap_reg_compute: NULL regularizer, input, arena or gradient");
     if (r->cfg.kind == DTNH_FMAP_DELTA && !r->attention_ready && !dtnh_arena_is_counting(step))
         return dtnh_fail(err, DTNH_ERR_ARG,
                          "fmap_reg_compute: DELTA needs its attention (dtnh_fmap_reg_attention or _load_attention)");
     mark = dtnh_arena_mark(step);
-    s = dtnh__fmap_run(r, x, step, g_omega, accumulate, value, err);
+    s = dtnh__fmap_run(r, x, step, dlogits, grad, accumulate, value, err);
     dtnh_arena_reset(step, mark);
     return s;
 }

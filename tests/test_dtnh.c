@@ -635,7 +635,7 @@ static dtnh_status dt_torch_open(dt_torch *t, const char *file, int fmap) {
     if (fabs(loss - dt_scalar(t, "loss")) > 1e-4 * fabs(loss)) return DTNH_ERR_NUMERIC;
     if (fmap) {
         double omega;
-        if ((s = dtnh_fmap_reg_compute(&t->reg, &x, &t->step, t->net.params.g_omega, 0, &omega, NULL)))
+        if ((s = dtnh_fmap_reg_compute(&t->reg, &x, &t->step, NULL, t->net.params.g_omega, 0, &omega, NULL)))
             return s;
         if (fabs(omega - dt_scalar(t, "omega")) > 1e-4 * fabs(omega)) return DTNH_ERR_NUMERIC;
     }

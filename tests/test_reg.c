@@ -335,7 +335,7 @@ static dtnh_status rg_net_omega(rg_net *t, float *g, double *value) {
     dtnh_status s;
     dtnh_arena_reset(&t->sa, 0);
     if ((s = dtnh_resnet_forward(&t->target, &t->input, &t->sa, &logits, NULL))) return s;
-    return dtnh_fmap_reg_compute(&t->reg, &t->input, &t->sa, g, 0, value, NULL);
+    return dtnh_fmap_reg_compute(&t->reg, &t->input, &t->sa, NULL, g, 0, value, NULL);
 }
 
 static rg_net rg_tiny;
@@ -399,7 +399,7 @@ static void fmap_reg_leaves_g_j_and_the_source_alone(void) {
     CHECK_OK(dtnh_softmax_cross_entropy(3, 5, logits.data, t->labels, dlogits, &loss, NULL));
     CHECK_OK(dtnh_resnet_backward(&t->target, dlogits, NULL, p->g_j, 0, NULL));
     dtnh_copy(p->total, p->g_j, gj);
-    CHECK_OK(dtnh_fmap_reg_compute(&t->reg, &t->input, &t->sa, p->g_omega, 0, &v, NULL));
+    CHECK_OK(dtnh_fmap_reg_compute(&t->reg, &t->input, &t->sa, NULL, p->g_omega, 0, &v, NULL));
     CHECK(memcmp(gj, p->g_j, p->total * sizeof(float)) == 0);
     CHECK_OK(dtnh_resnet_backward(&t->target, dlogits, NULL, p->g_j, 0, NULL)); /* forward intact */
     CHECK(memcmp(gj, p->g_j, p->total * sizeof(float)) == 0);
@@ -407,6 +407,29 @@ static void fmap_reg_leaves_g_j_and_the_source_alone(void) {
     CHECK(memcmp(stats, t->reg.source.buffers.values, t->reg.source.buffers.total * sizeof(float)) == 0);
     CHECK(t->reg.source.params.w == NULL && t->reg.source.params.g_j == NULL);
     for (k = 0; k < p->total; k++) CHECK(p->g_omega[k] == p->g_omega[k]);
+}
+
+/* Plain fine-tuning's single backward: dlogits and the hooks together give g_J + g_Omega. */
+static void fmap_reg_with_dlogits_gives_the_sum_in_one_pass(void) {
+    rg_net *t = &rg_tiny;
+    dtnh_params *p;
+    static float both[1 << 17];
+    dtnh_tensor logits;
+    float dlogits[15];
+    double loss, v1, v2, scale = 0;
+    size_t k;
+    CHECK_OK(rg_net_make(t, 4, DTNH_FMAP_DISTANCE, NULL));
+    p = &t->target.params;
+    CHECK_OK(dtnh_resnet_forward(&t->target, &t->input, &t->sa, &logits, NULL));
+    CHECK_OK(dtnh_softmax_cross_entropy(3, 5, logits.data, t->labels, dlogits, &loss, NULL));
+    CHECK_OK(dtnh_resnet_backward(&t->target, dlogits, NULL, p->g_j, 0, NULL));
+    CHECK_OK(dtnh_fmap_reg_compute(&t->reg, &t->input, &t->sa, NULL, p->g_omega, 0, &v1, NULL));
+    CHECK_OK(dtnh_fmap_reg_compute(&t->reg, &t->input, &t->sa, dlogits, both, 0, &v2, NULL));
+    CHECK(v1 == v2);
+    for (k = 0; k < p->total; k++) scale = fmax(scale, fabs(p->g_j[k] + p->g_omega[k]));
+    for (k = 0; k < p->total; k++)
+        CHECK_MSG(fabs(both[k] - (p->g_j[k] + p->g_omega[k])) <= 1e-5 * scale, "element %zu: %g vs %g + %g", k,
+                  both[k], p->g_j[k], p->g_omega[k]);
 }
 
 /* With attention 1/C in every channel, DELTA is the plain feature-map distance. */
@@ -513,6 +536,7 @@ void suite_reg(void) {
     RUN(fmap_delta_gradient_matches_finite_differences);
     RUN(fmap_attention_gradient_matches_finite_differences);
     RUN(fmap_reg_leaves_g_j_and_the_source_alone);
+    RUN(fmap_reg_with_dlogits_gives_the_sum_in_one_pass);
     RUN(delta_with_uniform_attention_is_the_plain_distance);
     RUN(delta_attention_is_computed_saved_and_loaded);
     RUN(fmap_reg_rejects_bad_setups);
