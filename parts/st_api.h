@@ -100,8 +100,8 @@ DTNHDEF dtnh_status dtnh_st_save(const char *path, const dtnh_st_tensor *tensors
 /* Closes a file opened by dtnh_st_open (nothing to do for memory); safe to call twice. */
 DTNHDEF void dtnh_st_close(dtnh_st_file *f);
 
-/* Calls DTNH_ERR_NUMERIC a float tensor (F32, F16, BF16) holding a NaN or an Inf, naming the
-   tensor and the element; I64 tensors pass. Reads the data without keeping it. */
+/* Fails with DTNH_ERR_NUMERIC when a float tensor (F32, F16, BF16) holds a NaN or an Inf,
+   naming the tensor and the element; I64 tensors pass. Reads the data without keeping it. */
 DTNHDEF dtnh_status dtnh_st_check_finite(dtnh_st_file *f, int index, dtnh_error *err);
 
 /* ============================================================================================
