@@ -193,9 +193,9 @@ DTNHDEF dtnh_status dtnh_optim_init(dtnh_optim *o, const dtnh_optim_config *cfg,
     int i, vectors;
     if (!o || !p || !a) return dtnh_fail(err, DTNH_ERR_ARG, "optim_init: NULL optimizer, store or arena");
     if ((s = dtnh__optim_resolve(cfg, &c, err))) return s;
-    for (i = 0; i < p->count; i++)
-        if (!p->views || p->views[i].trainable) n += p->views ? p->views[i].count : 0;
     if (!p->views) n = p->total; /* a counting store: every view may train */
+    for (i = 0; p->views && i < p->count; i++)
+        if (p->views[i].trainable) n += p->views[i].count;
     vectors = c.kind != DTNH_OPTIM_SGD ? 2 : c.momentum > 0 ? 1 : 0;
     memset(o, 0, sizeof *o);
     if ((s = dtnh_size_mul((size_t)p->count, sizeof(dtnh_optim_slot), &bytes, err))) return s;

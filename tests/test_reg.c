@@ -409,6 +409,30 @@ static void fmap_reg_leaves_g_j_and_the_source_alone(void) {
     for (k = 0; k < p->total; k++) CHECK(p->g_omega[k] == p->g_omega[k]);
 }
 
+/* The g_Omega backward starts at the deepest hook: nothing above layer2 gets a gradient. */
+static void fmap_reg_gradient_stops_at_the_deepest_hook(void) {
+    rg_net *t = &rg_tiny;
+    dtnh_params *p;
+    dtnh_fmap_config fc;
+    double v, below = 0;
+    int i;
+    memset(&fc, 0, sizeof fc);
+    fc.hook_count = 1;
+    fc.hooks[0] = "layer2";
+    CHECK_OK(rg_net_make(t, 4, DTNH_FMAP_DISTANCE, &fc));
+    p = &t->target.params;
+    CHECK_OK(rg_net_omega(t, p->g_omega, &v));
+    for (i = 0; i < p->count; i++) {
+        const dtnh_param_view *w = &p->views[i];
+        double sq = dtnh_sumsq(w->count, p->g_omega + w->offset);
+        int above = strncmp(w->name, "layer3", 6) == 0 || strncmp(w->name, "layer4", 6) == 0 ||
+                    strncmp(w->name, "fc.", 3) == 0;
+        if (above) CHECK_MSG(sq == 0, "%s has a gradient", w->name);
+        else below += sq;
+    }
+    CHECK(below > 0);
+}
+
 /* Plain fine-tuning's single backward: dlogits and the hooks together give g_J + g_Omega. */
 static void fmap_reg_with_dlogits_gives_the_sum_in_one_pass(void) {
     rg_net *t = &rg_tiny;
@@ -537,6 +561,7 @@ void suite_reg(void) {
     RUN(fmap_attention_gradient_matches_finite_differences);
     RUN(fmap_reg_leaves_g_j_and_the_source_alone);
     RUN(fmap_reg_with_dlogits_gives_the_sum_in_one_pass);
+    RUN(fmap_reg_gradient_stops_at_the_deepest_hook);
     RUN(delta_with_uniform_attention_is_the_plain_distance);
     RUN(delta_attention_is_computed_saved_and_loaded);
     RUN(fmap_reg_rejects_bad_setups);
