@@ -28,7 +28,7 @@ BENCH_SRC := $(wildcard bench/*.c)
 .PHONY: all test test-run check-headers check-cxx check-san bench demo data clean
 all: $(B)/tests/run
 
-$(B)/tests/run: $(TEST_SRC) tests/test.h tests/suites.h $(HEADERS)
+$(B)/tests/run: $(TEST_SRC) $(wildcard tests/*.h) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $(TEST_SRC) $(LDLIBS)
 

@@ -7,61 +7,7 @@
 #include <string.h>
 #include "test.h"
 #include "../dtnh_nn.h"
-
-/* ---- the formula (the docstring of tools/gen_fixtures.py) ----------------------------------- */
-
-static uint32_t torch_hash(size_t i, int k) {
-    uint32_t x = (uint32_t)i * 0x9E3779B1u + (uint32_t)(k + 1) * 0x85EBCA77u;
-    x ^= x >> 16;
-    x *= 0x7FEB352Du;
-    x ^= x >> 15;
-    x *= 0x846CA68Bu;
-    x ^= x >> 16;
-    return x;
-}
-
-static double torch_u(size_t i, int k) {
-    return (double)(torch_hash(i, k) >> 8) * (1.0 / 8388608.0) - 1.0;
-}
-
-static int torch_ends_with(const char *s, const char *tail) {
-    size_t n = strlen(s), m = strlen(tail);
-    return n >= m && strcmp(s + n - m, tail) == 0;
-}
-
-/* Element i of state tensor k (named name, shaped as e). One operation per statement, so no
-   compiler fuses a multiply-add that Python rounds twice. */
-static float torch_value(const dtnh_state_entry *e, size_t i, int k) {
-    double u = torch_u(i, k), t;
-    if (strcmp(e->name, "fc.weight") == 0) return (float)(u / sqrt((double)e->shape[1]));
-    if (strcmp(e->name, "fc.bias") == 0 || torch_ends_with(e->name, ".bias") ||
-        torch_ends_with(e->name, "running_mean")) {
-        t = 0.1 * u;
-        return (float)t;
-    }
-    if (e->ndim == 4) {
-        t = sqrt(6.0 / ((double)e->shape[1] * e->shape[2] * e->shape[3]));
-        return (float)(u * t);
-    }
-    if (torch_ends_with(e->name, "running_var")) {
-        t = 0.5 * u;
-        return (float)(1.0 + t);
-    }
-    t = 0.25 * u; /* BN weight */
-    return (float)(0.7 + t);
-}
-
-static void torch_fill(dtnh_resnet *net) {
-    int k;
-    for (k = 0; k < dtnh_resnet_state_count(net); k++) {
-        dtnh_state_entry e;
-        size_t i;
-        dtnh_resnet_state_entry(net, k, &e, NULL);
-        if (e.i64) e.i64[0] = 0;
-        else
-            for (i = 0; i < e.count; i++) e.f32[i] = torch_value(&e, i, k);
-    }
-}
+#include "formula.h"
 
 /* ---- a fixture and the network it describes ---------------------------------------------------- */
 
@@ -132,7 +78,7 @@ static dtnh_status torch_open(torch_case *c, const char *file) {
     dtnh_arena_init(&c->persistent, c->mem[1], plan.persistent + 64);
     dtnh_arena_init(&c->step, c->mem[2], plan.step_train + 64);
     if ((s = dtnh_resnet_init(&c->net, &cfg, &c->persistent, NULL))) return s;
-    torch_fill(&c->net);
+    formula_fill(&c->net, 0);
     return DTNH_OK;
 }
 
@@ -167,7 +113,7 @@ static int torch_gradient_agrees(torch_case *c, const dtnh_param_view *v, int k,
     size_t i;
     int j;
     for (i = 0; i < v->count; i++) {
-        double r = (double)(float)torch_u(i, k + 3000);
+        double r = (double)(float)formula_u(i, k + 3000);
         dot += g[i] * r;
         rr += r * r;
     }
@@ -211,7 +157,7 @@ static int torch_buffer_agrees(torch_case *c, const dtnh_state_entry *e, int k) 
     snprintf(key, sizeof key, "running.%s", e->name);
     if (c->train) ok = torch_read(c, key, ref, e->count) == DTNH_OK;
     else
-        for (i = 0; i < e->count; i++) ref[i] = torch_value(e, i, k);
+        for (i = 0; i < e->count; i++) ref[i] = formula_value(e, i, k);
     for (i = 0; ok && i < e->count; i++)
         if (fabs(e->f32[i] - ref[i]) > 1e-4 * (fabs(ref[i]) > 1 ? fabs(ref[i]) : 1)) {
             printf("    %s[%zu]: %.9g, PyTorch %.9g\n", e->name, i, e->f32[i], ref[i]);
@@ -262,7 +208,7 @@ static void torch_compare(const char *file) {
     CHECK_OK(dtnh_tensor_shape(&x, 4, shape, &err));
     nx = dtnh_tensor_count(&x);
     x.data = c.input = (float *)malloc(nx * sizeof(float));
-    for (i = 0; (size_t)i < nx; i++) x.data[i] = (float)torch_u((size_t)i, 1000);
+    for (i = 0; (size_t)i < nx; i++) x.data[i] = (float)formula_u((size_t)i, 1000);
     for (i = 0; i < n; i++) labels[i] = (7 * i + 3) % classes;
     CHECK_MSG(torch_formula_agrees(&c, x.data, nx), "%s: the formula differs from Python's", file);
     CHECK_OK(dtnh_resnet_forward(&c.net, &x, &c.step, &logits, &err));
@@ -341,7 +287,7 @@ static void pytorch_checkpoint_loads_and_predicts_as_in_pytorch(void) {
     CHECK(rep.loaded == dtnh_resnet_state_count(&net) && rep.missing == 0 && rep.unknown == 0);
     CHECK(net.buffers.counts[0] == 123);
     CHECK_OK(dtnh_tensor_view(&x, input, 4, shape, &err));
-    for (i = 0; i < 2 * 3 * 32 * 32; i++) x.data[i] = (float)torch_u((size_t)i, 1000);
+    for (i = 0; i < 2 * 3 * 32 * 32; i++) x.data[i] = (float)formula_u((size_t)i, 1000);
     CHECK_OK(dtnh_resnet_infer(&net, &x, &sa, &logits, &err));
     CHECK_OK(dtnh_st_open(&f, t_fixture("resnet_w4_expect.safetensors"), &scratch, &err));
     CHECK_OK(dtnh_st_read_f32(&f, dtnh_st_find(&f, "logits"), want, 10, &err));
