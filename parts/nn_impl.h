@@ -850,6 +850,7 @@ static void dtnh__plan_grads(dtnh_resnet *net, dtnh__interval *iv, int *count, i
         dtnh__rnode *nd = &net->nodes[i];
         const dtnh__rvalue *o = &net->values[nd->out];
         int start = o->consumers ? 2 * F - 1 - o->last_consumer : 2 * F - 1 - i, end = 2 * F - 1 - i;
+        nd->has_temp = 0;
         if (!o->needs_grad) continue;
         if (gid[nd->out] < 0) {
             gid[nd->out] = dtnh__new_interval(iv, count, dtnh__value_floats(o), start, end);
@@ -865,7 +866,7 @@ static void dtnh__plan_grads(dtnh_resnet *net, dtnh__interval *iv, int *count, i
             if (u < 1 || !net->values[u].needs_grad) continue;
             if (inplace && net->values[u].consumers == 1) gid[u] = gid[nd->out];
         }
-        nd->has_temp = 0;
+        /* temp_offset holds the interval's index until dtnh__plan_train turns it into an offset */
         if (nd->kind == DTNH__NODE_CONV && nd->in[0] >= 1 && net->values[nd->in[0]].needs_grad &&
             net->values[nd->in[0]].consumers > 1) {
             nd->has_temp = 1;
@@ -1285,7 +1286,8 @@ static dtnh_status dtnh__forward(dtnh_resnet *net, const dtnh_tensor *x, int mod
     r.mode = mode;
     r.n = x->shape[0];
     r.input = x->data;
-    if (mode == DTNH__TRAIN && (s = dtnh__check_batch_stats(net, r.n, err))) return s;
+    /* A property of the batch, not of the memory: a size query (counting) does not ask it. */
+    if (mode == DTNH__TRAIN && !counting && (s = dtnh__check_batch_stats(net, r.n, err))) return s;
     if (mode == DTNH__TRAIN) net->train_n = 0; /* until this forward has succeeded */
     if ((s = dtnh__step_alloc(net, &r, step, err))) return s;
     for (h = 0; h < net->cfg.hook_count; h++)
