@@ -147,6 +147,8 @@ typedef struct dtnh_resnet_config {
     unsigned roles;       /* flat vectors (DTNH_ROLE_*): W | G_J, or W when train is NONE */
     int external_weights; /* 1: no W vector; forward reads the one dtnh_resnet_use_weights
                              names (a teacher reading the target's w_src) */
+    int single_backward;  /* 1: one backward per forward (the plain training step): backward
+                             reuses the forward's memory as it goes, for a smaller step arena */
     /* Layers whose outputs are exposed after a forward and take gradients in backward, by
        torchvision module name: "layer1".."layer4", "layer2.1", "conv1", "bn1", "relu",
        "maxpool", "layer3.0.bn2", "layer2.0.downsample", "avgpool", "fc". A block's "relu"
@@ -181,7 +183,8 @@ typedef struct dtnh__rnode {
 typedef struct dtnh__rvalue {
     int c, h, w;
     int producer, consumers, last_consumer;
-    int needs_grad, kept, hook;
+    int needs_grad, kept, hook; /* kept: backward reads it */
+    int last_reader;            /* kept: the node whose backward reads it last (lowest index) */
     size_t offset[2];   /* per-sample floats into the step block: [0] training, [1] inference */
     size_t grad_offset; /* per-sample floats: its gradient in the training block */
 } dtnh__rvalue;
@@ -204,7 +207,7 @@ typedef struct dtnh_resnet {
     int stats_floats;       /* floats of the batch statistics a training forward saves */
     size_t mem_structure, mem_weights, mem_source, mem_gradients, mem_buffers;
     /* The last forward: which kind, its batch, where its memory lies. */
-    int last_mode, last_n, train_n;
+    int train_n, train_spent;
     float *train_block, *train_stats;
     const float *train_input;
     dtnh_work work;

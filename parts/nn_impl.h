@@ -737,6 +737,14 @@ static void dtnh__resnet_mark_trainable(dtnh_resnet *net) {
     }
 }
 
+/* Marks v as read by the backward of node i; nodes come in forward order, so the first mark
+   is the reader whose backward runs last. */
+static void dtnh__keep(dtnh__rvalue *v, int i, int read) {
+    if (!read) return;
+    if (!v->kept) v->last_reader = i;
+    v->kept = 1;
+}
+
 /* A value needs a gradient when a trainable parameter lies at or below it. BN statistics
    freeze (AUTO) below the first trainable layer. Then: which values backward reads. */
 static void dtnh__resnet_mark_flow(dtnh_resnet *net) {
@@ -759,14 +767,14 @@ static void dtnh__resnet_mark_flow(dtnh_resnet *net) {
         if (!out->needs_grad) continue;
         switch (nd->kind) {
         case DTNH__NODE_CONV:
-        case DTNH__NODE_LINEAR: in->kept |= nd->train_w; break;
+        case DTNH__NODE_LINEAR: dtnh__keep(in, i, nd->train_w); break;
         case DTNH__NODE_BN:
-            in->kept |= nd->train_w || (in->needs_grad && !nd->frozen_stats);
-            out->kept |= nd->relu;
+            dtnh__keep(in, i, nd->train_w || (in->needs_grad && !nd->frozen_stats));
+            dtnh__keep(out, i, nd->relu);
             break;
         case DTNH__NODE_RELU:
-        case DTNH__NODE_ADD: out->kept |= in_grad; break;
-        case DTNH__NODE_MAXPOOL: in->kept |= in->needs_grad; break;
+        case DTNH__NODE_ADD: dtnh__keep(out, i, in_grad); break;
+        case DTNH__NODE_MAXPOOL: dtnh__keep(in, i, in->needs_grad); break;
         default: break;
         }
     }
@@ -877,7 +885,8 @@ static void dtnh__plan_grads(dtnh_resnet *net, dtnh__interval *iv, int *count, i
 }
 
 /* The training plan: forward steps 0..F-1, backward steps F..2F-1 (node i at 2F-1-i). Kept
-   values live to the end, as backward may run more than once. */
+   values live to the end, as backward may run more than once; with single_backward, only until
+   their last reader's backward, and gradients take their place. */
 static void dtnh__plan_train(dtnh_resnet *net) {
     dtnh__interval iv[DTNH__MAX_INTERVALS];
     int id[DTNH__RESNET_MAX_NODES + 1], gid[DTNH__RESNET_MAX_NODES + 1];
@@ -885,8 +894,9 @@ static void dtnh__plan_train(dtnh_resnet *net) {
     net->kept_floats = 0;
     for (v = 1; v < net->value_count; v++) {
         const dtnh__rvalue *x = &net->values[v];
-        id[v] = dtnh__new_interval(iv, &count, dtnh__value_floats(x), x->producer,
-                                   x->kept ? 2 * F : dtnh__data_end(net, v, 2 * F));
+        int end = dtnh__data_end(net, v, 2 * F);
+        if (x->kept) end = net->cfg.single_backward && x->hook < 0 ? 2 * F - 1 - x->last_reader : 2 * F;
+        id[v] = dtnh__new_interval(iv, &count, dtnh__value_floats(x), x->producer, end);
         gid[v] = -1;
         if (x->kept) net->kept_floats += dtnh__round16(dtnh__value_floats(x));
     }
@@ -1310,6 +1320,7 @@ static dtnh_status dtnh__forward(dtnh_resnet *net, const dtnh_tensor *x, int mod
         }
     }
     if (mode == DTNH__TRAIN) {
+        net->train_spent = 0;
         net->train_n = r.n;
         net->train_block = r.block;
         net->train_stats = r.stats;
@@ -1452,6 +1463,11 @@ DTNHDEF dtnh_status dtnh_resnet_backward(dtnh_resnet *net, const float *dlogits,
         return dtnh_fail(err, DTNH_ERR_ARG,
                          "resnet_backward: no training forward to go back through (none yet, it "
                          "failed, or the network changed since)");
+    if (net->cfg.single_backward && net->train_spent)
+        return dtnh_fail(err, DTNH_ERR_ARG,
+                         "resnet_backward: single_backward is set and this forward's tensors were "
+                         "used up by the backward before");
+    net->train_spent = 1;
     if (!net->train_block) return DTNH_OK; /* the forward only counted */
     r.pgrad = param_grad ? param_grad : net->params.g_j;
     if (!r.pgrad)

@@ -181,6 +181,12 @@ static void plan_is_exact_for_a_frozen_network(void) {
     plan_check(&c);
 }
 
+static void plan_is_exact_for_a_single_backward(void) {
+    dtnh_resnet_config c = small_config(DTNH_STEM_IMAGENET, 8, 32, 3);
+    c.single_backward = 1;
+    plan_check(&c);
+}
+
 static void plan_splits_the_persistent_memory_by_role(void) {
     dtnh_resnet_config c = small_config(DTNH_STEM_CIFAR, 16, 8, 2);
     dtnh_resnet_plan p1, p4;
@@ -564,6 +570,28 @@ static void backward_runs_twice_after_one_forward(void) {
     case_close(&c);
 }
 
+/* The lean plan lets backward reuse the memory of tensors it no longer reads: the same
+   gradients from a smaller step arena, and no second backward. */
+static void single_backward_gives_the_same_gradients_in_less_memory(void) {
+    static net_case a, b;
+    dtnh_resnet_config cfg = small_config(DTNH_STEM_IMAGENET, 8, 32, 3);
+    dtnh_status st;
+    dtnh_error err;
+    CHECK_OK(case_open(&a, &cfg));
+    cfg.single_backward = 1;
+    CHECK_OK(case_open(&b, &cfg));
+    CHECK(b.plan.step_train < a.plan.step_train && b.plan.activations == a.plan.activations);
+    case_step(&a, NULL, &st);
+    CHECK_OK(st);
+    case_step(&b, NULL, &st);
+    CHECK_OK(st);
+    CHECK(memcmp(a.net.params.g_j, b.net.params.g_j, a.net.params.total * sizeof(float)) == 0);
+    CHECK_STATUS(dtnh_resnet_backward(&b.net, NULL, NULL, NULL, 0, &err), DTNH_ERR_ARG);
+    CHECK(strstr(err.msg, "single_backward") != NULL);
+    case_close(&a);
+    case_close(&b);
+}
+
 /* Training the last stage (with batch statistics everywhere, so the forward is the same)
    gives the same gradients there as training everything, and leaves frozen views alone. */
 static void frozen_stages_get_no_gradient(void) {
@@ -815,6 +843,7 @@ void suite_resnet(void) {
     RUN(plan_is_exact_for_the_cifar_stem);
     RUN(plan_is_exact_for_the_imagenet_stem_with_hooks);
     RUN(plan_is_exact_for_a_frozen_network);
+    RUN(plan_is_exact_for_a_single_backward);
     RUN(plan_splits_the_persistent_memory_by_role);
     RUN(frozen_training_plans_keep_fewer_activations);
     RUN(forward_gives_the_expected_shapes);
@@ -827,6 +856,7 @@ void suite_resnet(void) {
     RUN(imagenet_stem_gradient_matches_finite_differences);
     RUN(hook_gradients_match_finite_differences_and_stop_at_the_deepest_hook);
     RUN(backward_runs_twice_after_one_forward);
+    RUN(single_backward_gives_the_same_gradients_in_less_memory);
     RUN(frozen_stages_get_no_gradient);
     RUN(head_and_bn_bias_modes_train_what_they_say);
     RUN(results_do_not_depend_on_the_thread_count);
