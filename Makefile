@@ -70,3 +70,33 @@ data:
 
 clean:
 	rm -rf build
+
+# ---- reliability and portability (issue 7) ----------------------------------------------------
+# `make fuzz FUZZ_SECONDS=N` runs each libFuzzer target of tests/fuzz/ for N seconds (clang),
+# from its committed seeds; what it learns goes to build/fuzz/corpus-<t>, crashers (with the
+# log) to build/fuzz. `make fuzz-replay` feeds the committed corpora (seeds and every crasher
+# found since) to the same targets built with $(CC), without libFuzzer.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_FLAGS   := $(WARN) -Werror -g -O1 -fsanitize=fuzzer,address,undefined
+.PHONY: fuzz fuzz-replay
+
+fuzz: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus-$$t; echo "== fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	  ./build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=build/fuzz/crash-$$t- build/fuzz/corpus-$$t tests/fuzz/corpus/$$t \
+	    > build/fuzz/fuzz_$$t.log 2>&1 || { tail -n 40 build/fuzz/fuzz_$$t.log; exit 1; }; \
+	  grep -E "^Done|number_of_executed_units" build/fuzz/fuzz_$$t.log; \
+	done
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(HEADERS) examples/cli.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) -o $@ $< $(LDLIBS)
+
+fuzz-replay: $(FUZZ_TARGETS:%=$(B)/fuzz/replay_%)
+	@for t in $(FUZZ_TARGETS); do printf "  fuzz corpus %-12s " $$t; ./$(B)/fuzz/replay_$$t tests/fuzz/corpus/$$t || exit 1; done
+
+$(B)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(HEADERS) examples/cli.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< tests/fuzz/replay.c $(LDLIBS)
