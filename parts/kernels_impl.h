@@ -28,10 +28,25 @@
 #define DTNH__NR 16
 #endif
 
-#define DTNH__KC 256  /* the longest K slice: a KC x NR sliver of B stays in L1 */
-#define DTNH__MC 256  /* rows of the packed A block, which stays in L2 */
-#define DTNH__NC 1024 /* columns of the packed B block */
+#ifndef DTNH__KC
+#define DTNH__KC 256
+#endif
+#define DTNH__KC_  /* the longest K slice: a KC x NR sliver of B stays in L1 */
+#ifndef DTNH__MC
+#define DTNH__MC 256
+#endif
+#define DTNH__MC_  /* rows of the packed A block, which stays in L2 */
+#ifndef DTNH__NC
+#define DTNH__NC 1024
+#endif
+#define DTNH__NC_ /* columns of the packed B block */
 #define DTNH__PAR_MADDS 262144.0 /* multiply-adds below which one thread is quicker */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define DTNH__PREFETCH(p) __builtin_prefetch(p)
+#else
+#define DTNH__PREFETCH(p) ((void)0)
+#endif
 
 static int dtnh__kmin(int a, int b) { return a < b ? a : b; }
 static int dtnh__kround_up(int x, int m) { return (x + m - 1) / m * m; }
@@ -58,6 +73,20 @@ static void dtnh__vcopy(float *DTNH__RESTRICT d, const float *DTNH__RESTRICT s, 
     }
 #else
     for (i = 0; i < n; i++) d[i] = s[i];
+#endif
+}
+
+/* One NR-wide row of a B sliver; fixed length, so it stays inline (no memcpy call). */
+static void dtnh__copy_sliver_row(float *DTNH__RESTRICT d, const float *DTNH__RESTRICT s) {
+#if defined(DTNH__AVX512)
+    _mm512_store_ps(d, _mm512_loadu_ps(s));
+    _mm512_store_ps(d + 16, _mm512_loadu_ps(s + 16));
+#elif defined(DTNH__AVX2)
+    _mm256_store_ps(d, _mm256_loadu_ps(s));
+    _mm256_store_ps(d + 8, _mm256_loadu_ps(s + 8));
+#else
+    int i;
+    for (i = 0; i < DTNH__NR; i++) d[i] = s[i];
 #endif
 }
 
@@ -137,10 +166,33 @@ static void dtnh__blend_run(float *DTNH__RESTRICT c, const float *DTNH__RESTRICT
     }
 }
 
-/* ---- micro-kernels: tile[MR][NR] = panel[MR][kc] * sliver[kc][NR] -------------------------- */
-/* Hot loops, written out by hand per instruction set; each keeps the whole tile in registers. */
+/* ---- micro-kernels: C[MR][NR] = blend(panel[MR][kc] x sliver[kc][NR]) --------------------- */
+/* C has row stride ldc; bias holds MR per-row values or is NULL. Writing to a tile buffer is
+   the same call with ldc NR and the plain blend (alpha 1, first, beta 0). Hot loops, written
+   out per instruction set; the tile stays in registers until the blend, which uses the same
+   arithmetic as dtnh__blend_run, so a tile gives the same bits whichever way it is stored. */
+
+static const dtnh__blend dtnh__plain_blend = {1.0f, 0.0f, 0.0f, 1};
 
 #if defined(DTNH__AVX512)
+static void dtnh__out512(float *c, __m512 v0, __m512 v1, const dtnh__blend *u, float bias) {
+    __m512 va = _mm512_set1_ps(u->alpha);
+    if (!u->first) {
+        v0 = _mm512_fmadd_ps(va, v0, _mm512_loadu_ps(c));
+        v1 = _mm512_fmadd_ps(va, v1, _mm512_loadu_ps(c + 16));
+    } else {
+        __m512 vbias = _mm512_set1_ps(bias);
+        v0 = _mm512_fmadd_ps(va, v0, vbias);
+        v1 = _mm512_fmadd_ps(va, v1, vbias);
+        if (u->beta != 0.0f) {
+            __m512 vb = _mm512_set1_ps(u->beta);
+            v0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), v0);
+            v1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16), v1);
+        }
+    }
+    _mm512_storeu_ps(c, v0);
+    _mm512_storeu_ps(c + 16, v1);
+}
 /* 8 x 32: sixteen zmm accumulators, two vectors of B and one broadcast of A per row. */
 #define DTNH__ROW512(r)                                          \
     do {                                                         \
@@ -151,31 +203,50 @@ static void dtnh__blend_run(float *DTNH__RESTRICT c, const float *DTNH__RESTRICT
 /* The eight rows of A are eight streams the hardware prefetcher loses track of: fetch each
    row 64 floats ahead, one row per step. */
 #define DTNH__PREFETCH_A _mm_prefetch((const char *)(a + (k & 7) * kc + k + 64), _MM_HINT_T0)
+#define DTNH__OUT(r) dtnh__out512(c + (size_t)(r) * ldc, c##r##0, c##r##1, u, bias ? bias[r] : 0.0f)
 static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
-                         float *DTNH__RESTRICT tile) {
+                         float *DTNH__RESTRICT c, size_t ldc, const dtnh__blend *u,
+                         const float *bias) {
     const float *a0 = a, *a1 = a + kc, *a2 = a + 2 * kc, *a3 = a + 3 * kc;
     const float *a4 = a + 4 * kc, *a5 = a + 5 * kc, *a6 = a + 6 * kc, *a7 = a + 7 * kc;
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00;
     int k;
+    for (k = 0; k < 8; k++) { /* C arrives while the loop runs */
+        _mm_prefetch((const char *)(c + (size_t)k * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + (size_t)k * ldc + 31), _MM_HINT_T0);
+    }
     for (k = 0; k < kc; k++, b += 32) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         DTNH__PREFETCH_A;
         DTNH__ROW512(0); DTNH__ROW512(1); DTNH__ROW512(2); DTNH__ROW512(3);
         DTNH__ROW512(4); DTNH__ROW512(5); DTNH__ROW512(6); DTNH__ROW512(7);
     }
-    _mm512_store_ps(tile + 0, c00);   _mm512_store_ps(tile + 16, c01);
-    _mm512_store_ps(tile + 32, c10);  _mm512_store_ps(tile + 48, c11);
-    _mm512_store_ps(tile + 64, c20);  _mm512_store_ps(tile + 80, c21);
-    _mm512_store_ps(tile + 96, c30);  _mm512_store_ps(tile + 112, c31);
-    _mm512_store_ps(tile + 128, c40); _mm512_store_ps(tile + 144, c41);
-    _mm512_store_ps(tile + 160, c50); _mm512_store_ps(tile + 176, c51);
-    _mm512_store_ps(tile + 192, c60); _mm512_store_ps(tile + 208, c61);
-    _mm512_store_ps(tile + 224, c70); _mm512_store_ps(tile + 240, c71);
+    DTNH__OUT(0); DTNH__OUT(1); DTNH__OUT(2); DTNH__OUT(3);
+    DTNH__OUT(4); DTNH__OUT(5); DTNH__OUT(6); DTNH__OUT(7);
 }
 #undef DTNH__ROW512
+#undef DTNH__OUT
 #elif defined(DTNH__AVX2)
+static void dtnh__out256(float *c, __m256 v0, __m256 v1, const dtnh__blend *u, float bias) {
+    __m256 va = _mm256_set1_ps(u->alpha);
+    if (!u->first) {
+        v0 = _mm256_fmadd_ps(va, v0, _mm256_loadu_ps(c));
+        v1 = _mm256_fmadd_ps(va, v1, _mm256_loadu_ps(c + 8));
+    } else {
+        __m256 vbias = _mm256_set1_ps(bias);
+        v0 = _mm256_fmadd_ps(va, v0, vbias);
+        v1 = _mm256_fmadd_ps(va, v1, vbias);
+        if (u->beta != 0.0f) {
+            __m256 vb = _mm256_set1_ps(u->beta);
+            v0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), v0);
+            v1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 8), v1);
+        }
+    }
+    _mm256_storeu_ps(c, v0);
+    _mm256_storeu_ps(c + 8, v1);
+}
 /* 6 x 16: twelve ymm accumulators, two vectors of B, one broadcast of A. */
 #define DTNH__ROW256(r)                                          \
     do {                                                         \
@@ -183,8 +254,10 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTN
         c##r##0 = _mm256_fmadd_ps(a_, b0, c##r##0);              \
         c##r##1 = _mm256_fmadd_ps(a_, b1, c##r##1);              \
     } while (0)
+#define DTNH__OUT(r) dtnh__out256(c + (size_t)(r) * ldc, c##r##0, c##r##1, u, bias ? bias[r] : 0.0f)
 static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
-                         float *DTNH__RESTRICT tile) {
+                         float *DTNH__RESTRICT c, size_t ldc, const dtnh__blend *u,
+                         const float *bias) {
     const float *a0 = a, *a1 = a + kc, *a2 = a + 2 * kc, *a3 = a + 3 * kc, *a4 = a + 4 * kc;
     const float *a5 = a + 5 * kc;
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
@@ -198,15 +271,22 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTN
         DTNH__ROW256(0); DTNH__ROW256(1); DTNH__ROW256(2);
         DTNH__ROW256(3); DTNH__ROW256(4); DTNH__ROW256(5);
     }
-    _mm256_store_ps(tile + 0, c00);  _mm256_store_ps(tile + 8, c01);
-    _mm256_store_ps(tile + 16, c10); _mm256_store_ps(tile + 24, c11);
-    _mm256_store_ps(tile + 32, c20); _mm256_store_ps(tile + 40, c21);
-    _mm256_store_ps(tile + 48, c30); _mm256_store_ps(tile + 56, c31);
-    _mm256_store_ps(tile + 64, c40); _mm256_store_ps(tile + 72, c41);
-    _mm256_store_ps(tile + 80, c50); _mm256_store_ps(tile + 88, c51);
+    DTNH__OUT(0); DTNH__OUT(1); DTNH__OUT(2); DTNH__OUT(3); DTNH__OUT(4); DTNH__OUT(5);
 }
 #undef DTNH__ROW256
-#elif defined(DTNH__NEON)
+#undef DTNH__OUT
+#else
+/* NEON and portable C: the tile is stored to a local array and blended row by row. */
+static void dtnh__blend_tile(float *c, size_t ldc, const float *tile, const dtnh__blend *u,
+                             const float *bias) {
+    dtnh__blend row = *u;
+    int r;
+    for (r = 0; r < DTNH__MR; r++) {
+        row.bias = bias ? bias[r] : 0.0f;
+        dtnh__blend_run(c + (size_t)r * ldc, tile + r * DTNH__NR, DTNH__NR, &row);
+    }
+}
+#if defined(DTNH__NEON)
 /* 8 x 12: twenty-four q accumulators, three vectors of B, A by scalar-times-vector FMA. */
 #define DTNH__ROWNEON(r)                                         \
     do {                                                         \
@@ -215,14 +295,22 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTN
         c##r##1 = vfmaq_n_f32(c##r##1, b1, a_);                  \
         c##r##2 = vfmaq_n_f32(c##r##2, b2, a_);                  \
     } while (0)
+#define DTNH__STNEON(r)                                          \
+    do {                                                         \
+        vst1q_f32(tile + r * 12, c##r##0);                       \
+        vst1q_f32(tile + r * 12 + 4, c##r##1);                   \
+        vst1q_f32(tile + r * 12 + 8, c##r##2);                   \
+    } while (0)
 static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
-                         float *DTNH__RESTRICT tile) {
+                         float *DTNH__RESTRICT c, size_t ldc, const dtnh__blend *u,
+                         const float *bias) {
     const float *a0 = a, *a1 = a + kc, *a2 = a + 2 * kc, *a3 = a + 3 * kc;
     const float *a4 = a + 4 * kc, *a5 = a + 5 * kc, *a6 = a + 6 * kc, *a7 = a + 7 * kc;
     float32x4_t c00 = vdupq_n_f32(0.0f), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
     float32x4_t c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
     float32x4_t c40 = c00, c41 = c00, c42 = c00, c50 = c00, c51 = c00, c52 = c00;
     float32x4_t c60 = c00, c61 = c00, c62 = c00, c70 = c00, c71 = c00, c72 = c00;
+    float tile[DTNH__MR * DTNH__NR];
     int k;
     for (k = 0; k < kc; k++, b += 12) {
         float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4), b2 = vld1q_f32(b + 8);
@@ -232,32 +320,28 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTN
         DTNH__ROWNEON(0); DTNH__ROWNEON(1); DTNH__ROWNEON(2); DTNH__ROWNEON(3);
         DTNH__ROWNEON(4); DTNH__ROWNEON(5); DTNH__ROWNEON(6); DTNH__ROWNEON(7);
     }
-    vst1q_f32(tile + 0, c00);  vst1q_f32(tile + 4, c01);  vst1q_f32(tile + 8, c02);
-    vst1q_f32(tile + 12, c10); vst1q_f32(tile + 16, c11); vst1q_f32(tile + 20, c12);
-    vst1q_f32(tile + 24, c20); vst1q_f32(tile + 28, c21); vst1q_f32(tile + 32, c22);
-    vst1q_f32(tile + 36, c30); vst1q_f32(tile + 40, c31); vst1q_f32(tile + 44, c32);
-    vst1q_f32(tile + 48, c40); vst1q_f32(tile + 52, c41); vst1q_f32(tile + 56, c42);
-    vst1q_f32(tile + 60, c50); vst1q_f32(tile + 64, c51); vst1q_f32(tile + 68, c52);
-    vst1q_f32(tile + 72, c60); vst1q_f32(tile + 76, c61); vst1q_f32(tile + 80, c62);
-    vst1q_f32(tile + 84, c70); vst1q_f32(tile + 88, c71); vst1q_f32(tile + 92, c72);
+    DTNH__STNEON(0); DTNH__STNEON(1); DTNH__STNEON(2); DTNH__STNEON(3);
+    DTNH__STNEON(4); DTNH__STNEON(5); DTNH__STNEON(6); DTNH__STNEON(7);
+    dtnh__blend_tile(c, ldc, tile, u, bias);
 }
 #undef DTNH__ROWNEON
+#undef DTNH__STNEON
 #else
 /* Portable C: a 4 x 16 tile in a local array the compiler can keep in registers. */
 static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
-                         float *DTNH__RESTRICT tile) {
-    float acc[DTNH__MR][DTNH__NR];
+                         float *DTNH__RESTRICT c, size_t ldc, const dtnh__blend *u,
+                         const float *bias) {
+    float acc[DTNH__MR * DTNH__NR];
     int k, r, q;
-    for (r = 0; r < DTNH__MR; r++)
-        for (q = 0; q < DTNH__NR; q++) acc[r][q] = 0.0f;
+    for (q = 0; q < DTNH__MR * DTNH__NR; q++) acc[q] = 0.0f;
     for (k = 0; k < kc; k++, b += DTNH__NR)
         for (r = 0; r < DTNH__MR; r++) {
             float av = a[r * kc + k];
-            for (q = 0; q < DTNH__NR; q++) acc[r][q] += av * b[q];
+            for (q = 0; q < DTNH__NR; q++) acc[r * DTNH__NR + q] += av * b[q];
         }
-    for (r = 0; r < DTNH__MR; r++)
-        for (q = 0; q < DTNH__NR; q++) tile[r * DTNH__NR + q] = acc[r][q];
+    dtnh__blend_tile(c, ldc, acc, u, bias);
 }
+#endif
 #endif
 
 /* ---- operand views ------------------------------------------------------------------------- */
@@ -408,18 +492,15 @@ static void dtnh__pack_a(const dtnh__gemm *G, int m0, int mc, int k0, int kc, fl
             for (; dtnh__runs_next(&w, k0); dtnh__runs_advance(&w))
                 dtnh__im2col_run(&v->g, v->p, w.img, w.oy, w.ox, w.len, m, mr, dst + (w.col - k0),
                                  (size_t)kc);
-        } else { /* FLIPPED: row c_in m+r, column (co, i, j) */
+        } else { /* FLIPPED: row c_in m+r, column (co, t): flipping i and j reverses t */
             const dtnh_conv_geom *g = &v->g;
             int kk = g->kh * g->kw;
             for (r = 0; r < mr; r++) {
-                int co = k0 / kk, i = k0 % kk / g->kw, j = k0 % g->kw;
-                for (k = 0; k < kc; k++) {
-                    dst[r * kc + k] = v->p[(((size_t)co * g->c_in + (size_t)(m + r)) * g->kh +
-                                            (size_t)(g->kh - 1 - i)) * g->kw + (size_t)(g->kw - 1 - j)];
-                    if (++j == g->kw) {
-                        j = 0;
-                        if (++i == g->kh) i = 0, co++;
-                    }
+                float *d = dst + r * kc;
+                int co = k0 / kk, t = k0 % kk;
+                for (k = 0; k < kc; co++, t = 0) {
+                    const float *src = v->p + ((size_t)co * g->c_in + (size_t)(m + r)) * kk + (kk - 1);
+                    for (; t < kk && k < kc; t++, k++) d[k] = src[-t];
                 }
             }
         }
@@ -454,6 +535,22 @@ static void dtnh__pack_folded_t(const dtnh__view *v, int k0, int kc, int n, int 
 static void dtnh__pack_b(const dtnh__gemm *G, int k0, int kc, int n0, int nc, float *dst) {
     const dtnh__view *v = &G->b;
     int s, q, k;
+    if (v->kind == DTNH__ROWS) {
+        /* Eight rows at a time across all slivers: B is read as eight forward streams the
+           prefetchers follow, and each sliver gets a contiguous 8-row chunk. */
+        int full = nc / DTNH__NR * DTNH__NR, k8, i;
+        for (k8 = 0; k8 < kc; k8 += 8) {
+            int rows = dtnh__kmin(8, kc - k8);
+            const float *src = v->p + (size_t)(k0 + k8) * v->ld + n0;
+            float *d = dst + (size_t)k8 * DTNH__NR;
+            for (s = 0; s < full; s += DTNH__NR, d += (size_t)kc * DTNH__NR)
+                for (i = 0; i < rows; i++) { /* and fetch the next eight rows' piece */
+                    DTNH__PREFETCH(src + (size_t)(i + 8) * v->ld + s);
+                    DTNH__PREFETCH(src + (size_t)(i + 8) * v->ld + s + DTNH__NR - 1);
+                    dtnh__copy_sliver_row(d + i * DTNH__NR, src + (size_t)i * v->ld + s);
+                }
+        }
+    }
     if (v->kind == DTNH__IM2COL) {
         dtnh__runs w;
         dtnh__runs_start(&w, v->g.ow, v->g.oh * v->g.ow, n0, n0 + nc, DTNH__NR);
@@ -467,8 +564,9 @@ static void dtnh__pack_b(const dtnh__gemm *G, int k0, int kc, int n0, int nc, fl
     for (s = 0; s < nc; s += DTNH__NR, dst += (size_t)kc * DTNH__NR) {
         int nr = dtnh__kmin(DTNH__NR, nc - s), n = n0 + s;
         if (v->kind == DTNH__ROWS) {
-            for (k = 0; k < kc; k++)
-                dtnh__vcopy(dst + k * DTNH__NR, v->p + (size_t)(k0 + k) * v->ld + n, nr);
+            if (nr < DTNH__NR) /* full slivers were packed above */
+                for (k = 0; k < kc; k++)
+                    dtnh__vcopy(dst + k * DTNH__NR, v->p + (size_t)(k0 + k) * v->ld + n, nr);
         } else if (v->kind == DTNH__COLS) {
             for (q = 0; q < nr; q += 8) {
                 const float *src = v->p + (size_t)(n + q) * v->ld + k0;
@@ -528,16 +626,25 @@ static void dtnh__store_tile(const dtnh__gemm *G, int m0, int mr, int n0, int nr
                 px = 0;
                 img++;
             }
-        } else { /* SCATTER */
+        } else { /* SCATTER: runs along ox land every stride-th pixel of an input row */
             const dtnh_conv_geom *g = &v->g;
-            int kk = g->kh * g->kw, c = m / kk, i = m % kk / g->kw, j = m % g->kw;
-            int ohw = g->oh * g->ow;
-            for (q = 0; q < nr; q++) {
-                int col = n0 + q, img = col / ohw, oy = col % ohw / g->ow, ox = col % g->ow;
-                int iy = oy * g->stride - g->pad + i, ix = ox * g->stride - g->pad + j;
-                if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w)
-                    dtnh__blend_run(v->p + (((size_t)img * g->c_in + (size_t)c) * g->h + (size_t)iy) * g->w + (size_t)ix,
-                                     t + q, 1, &u);
+            int kk = g->kh * g->kw, c = m / kk, i = m % kk / g->kw, j = m % g->kw, st = g->stride;
+            dtnh__runs w;
+            dtnh__runs_start(&w, g->ow, g->oh * g->ow, n0, n0 + nr, 0);
+            for (; dtnh__runs_next(&w, n0); dtnh__runs_advance(&w)) {
+                int iy = w.oy * st - g->pad + i, ix0 = w.ox * st - g->pad + j, lo, hi;
+                const float *src = t + (w.col - n0);
+                float *d;
+                if (iy < 0 || iy >= g->h) continue;
+                d = v->p + (((size_t)w.img * g->c_in + (size_t)c) * g->h + (size_t)iy) * g->w;
+                lo = ix0 < 0 ? (-ix0 + st - 1) / st : 0;
+                hi = g->w - ix0 > 0 ? (g->w - ix0 + st - 1) / st : 0;
+                if (hi > w.len) hi = w.len;
+                for (q = lo; q < hi; q++) {
+                    float *e = d + ix0 + q * st;
+                    if (!first) *e += u.alpha * src[q];
+                    else *e = u.alpha * src[q] + (u.beta == 0.0f ? 0.0f : u.beta * *e);
+                }
             }
         }
     }
@@ -564,11 +671,62 @@ static void dtnh__plan_make(int M, int N, int K, size_t extra_floats, dtnh__plan
     p->thread_bytes = ((p->a_floats + p->b_floats + extra_floats) * sizeof(float) + 63) / 64 * 64;
 }
 
+/* Where a full tile can be blended in place: plain rows of C, or a folded output whose tile
+   stays inside one image. NULL: through a tile buffer and dtnh__store_tile. */
+static float *dtnh__tile_in_place(const dtnh__gemm *G, int m0, int mr, int n0, int nr, size_t *ldc) {
+    const dtnh__view *v = &G->c;
+    if (mr != DTNH__MR || nr != DTNH__NR) return NULL;
+    if (v->kind == DTNH__ROWS) {
+        *ldc = v->ld;
+        return v->p + (size_t)(m0 - v->row0) * v->ld + (size_t)(n0 - v->col0);
+    }
+    if (v->kind == DTNH__FOLDED && n0 % v->plane + DTNH__NR <= v->plane) {
+        *ldc = (size_t)v->plane;
+        return v->p + ((size_t)(n0 / v->plane) * v->ch + (size_t)m0) * v->plane + (size_t)(n0 % v->plane);
+    }
+    return NULL;
+}
+
+static void dtnh__tile(const dtnh__gemm *G, int kc, const float *a, const float *b, int m0, int mr,
+                       int n0, int nr, int first) {
+    DTNH_ALIGNED(64) float tile[DTNH__MR * DTNH__NR];
+    size_t ldc = 0;
+    float *c = dtnh__tile_in_place(G, m0, mr, n0, nr, &ldc);
+    if (c) {
+        dtnh__blend u;
+        u.alpha = G->alpha;
+        u.beta = G->beta;
+        u.bias = 0.0f;
+        u.first = first;
+        dtnh__kernel(kc, a, b, c, ldc, &u, G->bias && first ? G->bias + m0 : NULL);
+    } else {
+        dtnh__kernel(kc, a, b, tile, DTNH__NR, &dtnh__plain_blend, NULL);
+        dtnh__store_tile(G, m0, mr, n0, nr, tile, first);
+    }
+}
+
+/* One A block times one B block. The tile order follows C: along its rows for a row-major C
+   (each A panel stays in L1 while B streams from L2), down its columns for a transposed one. */
+static void dtnh__macro(const dtnh__gemm *G, int kc, const float *abuf, int ic, int mc,
+                        const float *bbuf, int jc, int nc, int first) {
+    int ir, jr;
+    if (G->c.kind == DTNH__COLS) {
+        for (jr = 0; jr < nc; jr += DTNH__NR)
+            for (ir = 0; ir < mc; ir += DTNH__MR)
+                dtnh__tile(G, kc, abuf + (size_t)ir * kc, bbuf + (size_t)jr * kc, ic + ir,
+                           dtnh__kmin(DTNH__MR, mc - ir), jc + jr, dtnh__kmin(DTNH__NR, nc - jr), first);
+    } else {
+        for (ir = 0; ir < mc; ir += DTNH__MR)
+            for (jr = 0; jr < nc; jr += DTNH__NR)
+                dtnh__tile(G, kc, abuf + (size_t)ir * kc, bbuf + (size_t)jr * kc, ic + ir,
+                           dtnh__kmin(DTNH__MR, mc - ir), jc + jr, dtnh__kmin(DTNH__NR, nc - jr), first);
+    }
+}
+
 /* C rows [m_lo, m_hi) x columns [n_lo, n_hi), all of K, on one thread's buffers. */
 static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                              int n_lo, int n_hi, float *abuf, float *bbuf) {
-    DTNH_ALIGNED(64) float tile[DTNH__MR * DTNH__NR];
-    int jc, pc, ic, jr, ir;
+    int jc, pc, ic;
     for (jc = n_lo; jc < n_hi; jc += P->nc) {
         int nc = dtnh__kmin(P->nc, n_hi - jc);
         for (pc = 0; pc < G->K; pc += P->kc) {
@@ -577,14 +735,7 @@ static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo,
             for (ic = m_lo; ic < m_hi; ic += P->mc) {
                 int mc = dtnh__kmin(P->mc, m_hi - ic);
                 dtnh__pack_a(G, ic, mc, pc, kc, abuf);
-                for (jr = 0; jr < nc; jr += DTNH__NR) {
-                    const float *b = bbuf + (size_t)(jr / DTNH__NR) * kc * DTNH__NR;
-                    for (ir = 0; ir < mc; ir += DTNH__MR) {
-                        dtnh__kernel(kc, abuf + (size_t)(ir / DTNH__MR) * DTNH__MR * kc, b, tile);
-                        dtnh__store_tile(G, ic + ir, dtnh__kmin(DTNH__MR, mc - ir), jc + jr,
-                                         dtnh__kmin(DTNH__NR, nc - jr), tile, pc == 0);
-                    }
-                }
+                dtnh__macro(G, kc, abuf, ic, mc, bbuf, jc, nc, pc == 0);
             }
         }
     }
@@ -718,13 +869,12 @@ DTNHDEF void dtnh_sgemm(dtnh_trans ta, dtnh_trans tb, int M, int N, int K, float
     G.beta = beta;
     G.bias = NULL;
     G.K = K;
-    /* A transposed B is packed by transposing; when it is the larger operand, compute C^T
-       instead, where it becomes a plain A (TT likewise becomes NN). */
-    if (tb == DTNH_TRANS && (ta == DTNH_TRANS || N > M)) {
+    /* Both transposed: C^T = B.A is a plain product written back transposed. */
+    if (tb == DTNH_TRANS && ta == DTNH_TRANS) {
         G.M = N;
         G.N = M;
         G.a = dtnh__view_plain(DTNH__ROWS, B, (size_t)ldb);
-        G.b = dtnh__view_plain(ta ? DTNH__ROWS : DTNH__COLS, A, (size_t)lda);
+        G.b = dtnh__view_plain(DTNH__ROWS, A, (size_t)lda);
         G.c = dtnh__view_plain(DTNH__COLS, C, (size_t)ldc);
     } else {
         G.M = M;
