@@ -24,6 +24,7 @@ extern "C" {
 #include "parts/st_api.h"
 #include "parts/reg_api.h"
 #include "parts/data_api.h"
+#include "parts/ckpt_api.h"
 
 #ifdef __cplusplus
 }
@@ -42,6 +43,7 @@ extern "C" {
 #include "parts/st_impl.h"
 #include "parts/reg_impl.h"
 #include "parts/data_impl.h"
+#include "parts/ckpt_impl.h"
 
 #endif /* DTNH_NN__IMPLEMENTED */
 #endif /* DTNH_IMPLEMENTATION */

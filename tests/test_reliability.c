@@ -11,30 +11,7 @@
 #include <omp.h>
 #endif
 
-#define REL_BATCH 2
-#define REL_CLASSES 5
-#define REL_HW 8
-
-static dtnh_resnet_config rel_config(void) {
-    dtnh_resnet_config c;
-    memset(&c, 0, sizeof c);
-    c.stem = DTNH_STEM_CIFAR;
-    c.width = 4;
-    c.num_classes = REL_CLASSES;
-    c.height = c.width_px = REL_HW;
-    c.max_batch = REL_BATCH;
-    c.roles = DTNH_ROLE_W | DTNH_ROLE_W_SRC | DTNH_ROLE_G_J;
-    c.seed = 11;
-    return c;
-}
-
-static dtnh_optim_config rel_optim_config(void) {
-    dtnh_optim_config oc;
-    memset(&oc, 0, sizeof oc);
-    oc.lr = 0.05;
-    oc.momentum = 0.9;
-    return oc;
-}
+#include "rel_trainer.h"
 
 /* ---- guarded buffers ---------------------------------------------------------------------------
    An arena of exactly `capacity` bytes at a 64-byte aligned address inside a larger block whose
@@ -279,7 +256,336 @@ static void every_step_arena_size_fails_cleanly_or_steps(void) {
     free(raw);
 }
 
+
+/* ---- checkpoints ------------------------------------------------------------------------------------ */
+
+#define REL_STEPS 6
+
+/* Runs steps, stopping the test's caller on a failure (returns 0). */
+static int rel_run(rel_trainer *t, int steps) {
+    dtnh_error err;
+    int i;
+    for (i = 0; i < steps; i++)
+        if (rel_trainer_step(t, &err)) {
+            printf("    step %ld: %s\n", t->iteration, err.msg);
+            return 0;
+        }
+    return 1;
+}
+
+static int rel_same_state(const rel_trainer *a, const rel_trainer *b) {
+    const dtnh_params *p = &a->net.params, *q = &b->net.params;
+    return p->total == q->total && memcmp(p->w, q->w, p->total * sizeof(float)) == 0 &&
+           memcmp(p->w_src, q->w_src, p->total * sizeof(float)) == 0 &&
+           memcmp(a->net.buffers.values, b->net.buffers.values, a->net.buffers.total * sizeof(float)) == 0 &&
+           memcmp(a->net.buffers.counts, b->net.buffers.counts, a->net.buffers.count_total * sizeof(int64_t)) == 0 &&
+           memcmp(a->opt.m, b->opt.m, a->opt.state_count * sizeof(float)) == 0 &&
+           a->opt.step == b->opt.step && a->iteration == b->iteration &&
+           a->stream.next == b->stream.next && a->aug_rng.state == b->aug_rng.state;
+}
+
+/* The checkpoint as a file in memory (malloc'd; *size its length). */
+static unsigned char *rel_save_memory(rel_trainer *t, size_t *size) {
+    dtnh_checkpoint c;
+    unsigned char *buf;
+    rel_trainer_checkpoint(t, &c);
+    if (dtnh_checkpoint_save_memory(&c, &t->scratch, NULL, 0, size, NULL)) return NULL;
+    buf = (unsigned char *)malloc(*size);
+    if (buf && dtnh_checkpoint_save_memory(&c, &t->scratch, buf, *size, size, NULL)) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static dtnh_status rel_load_memory(rel_trainer *t, const unsigned char *buf, size_t size, dtnh_error *err) {
+    dtnh_checkpoint c;
+    dtnh_st_file f;
+    dtnh_status s;
+    size_t mark = dtnh_arena_mark(&t->scratch);
+    rel_trainer_checkpoint(t, &c);
+    if ((s = dtnh_st_open_memory(&f, buf, size, &t->scratch, err))) return s;
+    s = dtnh_checkpoint_load(&c, &f, &t->scratch, err);
+    dtnh_arena_reset(&t->scratch, mark);
+    if (!s) t->iteration = c.iteration;
+    return s;
+}
+
+/* N steps straight, against N/2, a checkpoint, a fresh run of another seed restored from it, and
+   N/2 more: the same bits everywhere. */
+static void resume_from_a_checkpoint_is_bit_identical(void) {
+    static rel_trainer straight, first, second;
+    unsigned char *buf;
+    size_t size;
+    dtnh_error err;
+    CHECK(rel_trainer_open(&straight, 7) && rel_trainer_open(&first, 7) && rel_trainer_open(&second, 99));
+    CHECK(rel_run(&straight, REL_STEPS) && rel_run(&first, REL_STEPS / 2));
+    CHECK((buf = rel_save_memory(&first, &size)) != NULL);
+    CHECK(!rel_same_state(&second, &first));
+    CHECK_OK(rel_load_memory(&second, buf, size, &err));
+    CHECK(rel_same_state(&second, &first));
+    CHECK(memcmp(second.stream.order, first.stream.order, sizeof(int) * REL_IMAGES) == 0);
+    CHECK(rel_run(&second, REL_STEPS - REL_STEPS / 2));
+    CHECK(rel_same_state(&second, &straight));
+    CHECK(rel_trainer_hash(&second) == rel_trainer_hash(&straight));
+    free(buf);
+    rel_trainer_close(&straight);
+    rel_trainer_close(&first);
+    rel_trainer_close(&second);
+}
+
+/* Through a file: saved atomically (no .tmp left), loaded, and it is also a plain weights file. */
+static void checkpoint_file_round_trips_and_loads_as_weights(void) {
+    static rel_trainer a, b;
+    char path[128], tmp[140];
+    dtnh_checkpoint c;
+    dtnh_load_report report;
+    dtnh_st_file f;
+    dtnh_error err;
+    FILE *fp;
+    snprintf(path, sizeof path, "build/rel-ckpt-%lx.safetensors", (unsigned long)(uintptr_t)&c ^ 0x5a5aul);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    CHECK(rel_trainer_open(&a, 3) && rel_trainer_open(&b, 4) && rel_run(&a, 2));
+    rel_trainer_checkpoint(&a, &c);
+    c.meta[0].key = "command";
+    c.meta[0].value = "rel_trainer --steps 2";
+    c.meta_count = 1;
+    CHECK_OK(dtnh_checkpoint_save(&c, path, &a.scratch, &err));
+    CHECK((fp = fopen(tmp, "rb")) == NULL);
+    rel_trainer_checkpoint(&b, &c);
+    CHECK_OK(dtnh_checkpoint_load_file(&c, path, &b.scratch, &err));
+    b.iteration = c.iteration;
+    CHECK(rel_same_state(&a, &b));
+    CHECK(dtnh_arena_used(&b.scratch) == 0);
+    CHECK_OK(dtnh_st_open(&f, path, &b.scratch, &err));
+    CHECK(strcmp(dtnh_st_meta_get(&f, "command"), "rel_trainer --steps 2") == 0);
+    CHECK(strcmp(dtnh_st_meta_get(&f, "dtnh.iteration"), "2") == 0);
+    CHECK_OK(dtnh_resnet_load(&b.net, &f, NULL, &report, &err));
+    CHECK(report.missing == 0 && report.loaded == dtnh_resnet_state_count(&b.net));
+    dtnh_st_close(&f);
+    remove(path);
+    rel_trainer_close(&a);
+    rel_trainer_close(&b);
+}
+
+/* A counting scratch arena tells what save and load need; a smaller one fails cleanly. */
+static void checkpoint_scratch_is_counted_and_checked(void) {
+    static rel_trainer a;
+    static DTNH_ALIGNED(64) unsigned char small[64 * 1024];
+    dtnh_checkpoint c;
+    dtnh_arena counter, tight;
+    size_t size = 0, need;
+    unsigned char *buf;
+    CHECK(rel_trainer_open(&a, 3) && rel_run(&a, 1));
+    rel_trainer_checkpoint(&a, &c);
+    dtnh_arena_init(&counter, NULL, 0);
+    CHECK_OK(dtnh_checkpoint_save_memory(&c, &counter, NULL, 0, &size, NULL));
+    need = dtnh_arena_peak(&counter);
+    CHECK(need > 0 && need <= sizeof small && size == 0);
+    dtnh_arena_init(&tight, small, need - 1);
+    CHECK_STATUS(dtnh_checkpoint_save_memory(&c, &tight, NULL, 0, &size, NULL), DTNH_ERR_NOMEM);
+    dtnh_arena_init(&tight, small, need);
+    CHECK_OK(dtnh_checkpoint_save_memory(&c, &tight, NULL, 0, &size, NULL));
+    CHECK(size > a.net.params.total * 3 * sizeof(float));
+    CHECK((buf = rel_save_memory(&a, &size)) != NULL);
+    free(buf);
+    rel_trainer_close(&a);
+}
+
+/* A file that is not this run's checkpoint, or a damaged one, is refused and changes nothing. */
+static void bad_checkpoints_are_refused_and_change_nothing(void) {
+    static rel_trainer a, b;
+    static unsigned char weights[1 << 20];
+    unsigned char *buf;
+    size_t size, wsize;
+    dtnh_error err;
+    int at;
+    dtnh_st_file f;
+    CHECK(rel_trainer_open(&a, 3) && rel_trainer_open(&b, 4) && rel_run(&a, 2));
+    CHECK((buf = rel_save_memory(&a, &size)) != NULL);
+    CHECK_OK(dtnh_resnet_save_memory(&a.net, weights, sizeof weights, &wsize, &err));
+    CHECK_STATUS(rel_load_memory(&b, weights, wsize, &err), DTNH_ERR_FORMAT);
+    CHECK(strstr(err.msg, "dtnh.checkpoint") != NULL);
+    /* a stream order that is no permutation: 3 where 0..23 each appear once */
+    CHECK_OK(dtnh_st_open_memory(&f, buf, size, &b.scratch, &err));
+    at = dtnh_st_find(&f, "dtnh.stream.order");
+    CHECK(at >= 0);
+    {
+        unsigned char *order = buf + f.data_offset + f.entries[at].begin;
+        dtnh_arena_reset(&b.scratch, 0);
+        order[0] = order[8] == 3 ? 4 : 3;
+        memset(order + 1, 0, 7);
+        memcpy(order + 8, order, 8);
+    }
+    CHECK_STATUS(rel_load_memory(&b, buf, size, &err), DTNH_ERR_FORMAT);
+    CHECK(strstr(err.msg, "permutation") != NULL);
+    CHECK(!rel_same_state(&a, &b) && b.iteration == 0 && b.opt.step == 0);
+    /* a NaN in the momentum */
+    free(buf);
+    CHECK((buf = rel_save_memory(&a, &size)) != NULL);
+    CHECK_OK(dtnh_st_open_memory(&f, buf, size, &b.scratch, &err));
+    at = dtnh_st_find(&f, "dtnh.optim.m");
+    CHECK(at >= 0);
+    memcpy(buf + f.data_offset + f.entries[at].begin + 40, "\x00\x00\xc0\x7f", 4);
+    dtnh_arena_reset(&b.scratch, 0);
+    CHECK_STATUS(rel_load_memory(&b, buf, size, &err), DTNH_ERR_NUMERIC);
+    CHECK(b.iteration == 0 && b.opt.step == 0);
+    free(buf);
+    rel_trainer_close(&a);
+    rel_trainer_close(&b);
+}
+
+/* A checkpoint of another network shape is refused by name. */
+static void checkpoint_of_another_network_is_refused(void) {
+    static rel_trainer a;
+    static rel_net other;
+    static unsigned char weights[1 << 21];
+    unsigned char *raw = NULL;
+    dtnh_resnet_config c = rel_config();
+    dtnh_checkpoint ck;
+    dtnh_arena pa;
+    size_t size;
+    dtnh_error err;
+    CHECK(rel_trainer_open(&a, 3));
+    c.width = 8;
+    memset(&ck, 0, sizeof ck);
+    ck.net = &other.net;
+    {
+        dtnh_resnet_plan plan;
+        CHECK_OK(dtnh_resnet_plan_memory(&c, 0, &plan, NULL));
+        raw = (unsigned char *)malloc(plan.persistent + 64);
+        dtnh_arena_init(&pa, raw, plan.persistent + 64);
+        CHECK_OK(dtnh_resnet_init(&other.net, &c, &pa, NULL));
+    }
+    CHECK_OK(dtnh_checkpoint_save_memory(&ck, &a.scratch, weights, sizeof weights, &size, &err));
+    CHECK_STATUS(rel_load_memory(&a, weights, size, &err), DTNH_ERR_FORMAT);
+    CHECK_MSG(strstr(err.msg, "conv1.weight") != NULL, "%s", err.msg);
+    free(raw);
+    rel_trainer_close(&a);
+}
+
+/* ---- numeric faults --------------------------------------------------------------------------------- */
+
+/* A forward, loss and backward of the next batch, without the update. */
+static dtnh_status rel_gradient(rel_trainer *t, dtnh_error *err) {
+    dtnh_tensor x, logits;
+    float dlogits[REL_BATCH * REL_CLASSES];
+    dtnh_status s;
+    dtnh_arena_reset(&t->step, 0);
+    if ((s = rel_trainer_batch(t, &x, err)) ||
+        (s = dtnh_resnet_forward(&t->net, &x, &t->step, &logits, err)) ||
+        (s = dtnh_softmax_cross_entropy(REL_BATCH, REL_CLASSES, logits.data, t->batch_labels, dlogits,
+                                        &t->loss, err)))
+        return s;
+    return dtnh_resnet_backward(&t->net, dlogits, NULL, NULL, 0, err);
+}
+
+static int rel_view(const rel_trainer *t, const char *name) { return dtnh_params_find(&t->net.params, name); }
+
+/* A NaN in g_J: the step is skipped and named, the weights stay; with a smaller lr training
+   goes on. */
+static void nan_in_a_gradient_skips_the_step_and_training_goes_on(void) {
+    static rel_trainer t;
+    static float w0[1 << 17];
+    dtnh_error err;
+    const dtnh_param_view *v;
+    CHECK(rel_trainer_open(&t, 5) && rel_run(&t, 2) && t.net.params.total <= sizeof w0 / sizeof w0[0]);
+    v = &t.net.params.views[rel_view(&t, "layer3.1.conv2.weight")];
+    CHECK_OK(rel_gradient(&t, &err));
+    t.net.params.g_j[v->offset + 17] = NAN;
+    dtnh_copy(t.net.params.total, t.net.params.w, w0);
+    CHECK_STATUS(dtnh_check_step_finite(&t.net.params, &t.opt, t.loss, t.net.params.g_j, NULL, &err),
+                 DTNH_ERR_NUMERIC);
+    CHECK(strstr(err.msg, "g_J of view 'layer3.1.conv2.weight'") && strstr(err.msg, "element 17"));
+    CHECK_STATUS(dtnh_step_l2sp(&t.opt, NULL, NULL, &t.net.params, t.net.params.g_j, NULL, &err),
+                 DTNH_ERR_NUMERIC);
+    CHECK(memcmp(w0, t.net.params.w, t.net.params.total * sizeof(float)) == 0);
+    CHECK(t.opt.step == 2);
+    t.opt.cfg.lr *= 0.5;
+    CHECK(rel_run(&t, 2));
+    CHECK(dtnh_all_finite(t.net.params.total, t.net.params.w, NULL) && t.opt.step == 4);
+    rel_trainer_close(&t);
+}
+
+/* An Inf logit: the loss refuses it before any backward, and so does the guard. */
+static void inf_in_the_loss_is_refused_before_the_update(void) {
+    static rel_trainer t;
+    dtnh_tensor x, logits;
+    dtnh_error err;
+    float dlogits[REL_BATCH * REL_CLASSES];
+    CHECK(rel_trainer_open(&t, 5));
+    CHECK_OK(rel_trainer_batch(&t, &x, &err));
+    CHECK_OK(dtnh_resnet_forward(&t.net, &x, &t.step, &logits, &err));
+    logits.data[3] = INFINITY;
+    CHECK_STATUS(dtnh_softmax_cross_entropy(REL_BATCH, REL_CLASSES, logits.data, t.batch_labels, dlogits,
+                                            &t.loss, &err), DTNH_ERR_NUMERIC);
+    CHECK_STATUS(dtnh_check_step_finite(&t.net.params, &t.opt, INFINITY, NULL, NULL, &err), DTNH_ERR_NUMERIC);
+    CHECK(strstr(err.msg, "loss") != NULL);
+    CHECK_STATUS(dtnh_check_step_finite(&t.net.params, &t.opt, NAN, NULL, NULL, &err), DTNH_ERR_NUMERIC);
+    rel_trainer_close(&t);
+}
+
+/* A NaN in the weights (a frozen view too) or in the momentum is named before the update; the
+   run goes back to its last checkpoint and on with a smaller lr. */
+static void nan_in_the_weights_or_momentum_is_named_and_a_checkpoint_recovers(void) {
+    static rel_trainer t;
+    unsigned char *buf;
+    size_t size;
+    dtnh_error err;
+    int fc = rel_view(&t, "fc.weight");
+    CHECK(rel_trainer_open(&t, 5) && rel_run(&t, 2));
+    fc = rel_view(&t, "fc.weight");
+    CHECK((buf = rel_save_memory(&t, &size)) != NULL);
+    t.net.params.w[t.net.params.views[fc].offset + 3] = NAN;
+    CHECK_STATUS(rel_trainer_step(&t, &err), DTNH_ERR_NUMERIC);
+    CHECK(t.iteration == 2 && t.opt.step == 2);
+    CHECK_OK(rel_load_memory(&t, buf, size, &err));
+    t.net.params.views[0].trainable = 0; /* conv1 frozen: still checked */
+    t.net.params.w[1] = -INFINITY;
+    CHECK_STATUS(dtnh_check_step_finite(&t.net.params, NULL, 0.5, NULL, NULL, &err), DTNH_ERR_NUMERIC);
+    CHECK(strstr(err.msg, "the weights of view 'conv1.weight'") != NULL);
+    t.net.params.views[0].trainable = 1;
+    CHECK_OK(rel_load_memory(&t, buf, size, &err));
+    t.opt.m[t.opt.slots[fc].state_offset] = NAN;
+    CHECK_STATUS(dtnh_check_step_finite(&t.net.params, &t.opt, 0.5, NULL, NULL, &err), DTNH_ERR_NUMERIC);
+    CHECK(strstr(err.msg, "momentum") && strstr(err.msg, "'fc.weight'"));
+    CHECK_OK(rel_load_memory(&t, buf, size, &err));
+    t.opt.cfg.lr *= 0.5;
+    CHECK(rel_run(&t, 2) && t.iteration == 4);
+    free(buf);
+    rel_trainer_close(&t);
+}
+
+/* ---- determinism -------------------------------------------------------------------------------- */
+
+#ifdef _OPENMP
+/* One seed, the same bits after a few steps with 1 and with 2 threads. */
+static void one_seed_gives_the_same_bits_with_one_and_two_threads(void) {
+    static rel_trainer a, b;
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    CHECK(rel_trainer_open(&a, 21) && rel_run(&a, 4));
+    omp_set_num_threads(2);
+    CHECK(rel_trainer_open(&b, 21) && rel_run(&b, 4));
+    omp_set_num_threads(threads);
+    CHECK(rel_same_state(&a, &b));
+    rel_trainer_close(&a);
+    rel_trainer_close(&b);
+}
+#endif
+
 void suite_reliability(void) {
     RUN(every_persistent_arena_size_fails_cleanly_or_builds);
     RUN(every_step_arena_size_fails_cleanly_or_steps);
+    RUN(resume_from_a_checkpoint_is_bit_identical);
+    RUN(checkpoint_file_round_trips_and_loads_as_weights);
+    RUN(checkpoint_scratch_is_counted_and_checked);
+    RUN(bad_checkpoints_are_refused_and_change_nothing);
+    RUN(checkpoint_of_another_network_is_refused);
+    RUN(nan_in_a_gradient_skips_the_step_and_training_goes_on);
+    RUN(inf_in_the_loss_is_refused_before_the_update);
+    RUN(nan_in_the_weights_or_momentum_is_named_and_a_checkpoint_recovers);
+#ifdef _OPENMP
+    RUN(one_seed_gives_the_same_bits_with_one_and_two_threads);
+#endif
 }
