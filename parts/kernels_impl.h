@@ -76,6 +76,25 @@ static void dtnh__vcopy(float *DTNH__RESTRICT d, const float *DTNH__RESTRICT s, 
 #endif
 }
 
+/* dst[0..len) = 0 except dst[lo..hi) = src[0..hi-lo): a run of im2col with its padding.
+   src is only read when hi > lo. */
+static void dtnh__copy_padded(float *DTNH__RESTRICT dst, int len, int lo, int hi,
+                              const float *DTNH__RESTRICT src) {
+#if defined(DTNH__AVX512)
+    if (len <= 16) { /* one masked load, expanded into place, one masked store */
+        __m512 v = _mm512_setzero_ps();
+        if (hi > lo)
+            v = _mm512_maskz_expand_ps((__mmask16)(((1u << (hi - lo)) - 1u) << lo),
+                                       _mm512_maskz_loadu_ps((__mmask16)((1u << (hi - lo)) - 1u), src));
+        _mm512_mask_storeu_ps(dst, (__mmask16)((1u << len) - 1u), v);
+        return;
+    }
+#endif
+    dtnh__vzero(dst, lo);
+    dtnh__vcopy(dst + lo, src, hi - lo);
+    dtnh__vzero(dst + hi, len - hi);
+}
+
 /* One NR-wide row of a B sliver; fixed length, so it stays inline (no memcpy call). */
 static void dtnh__copy_sliver_row(float *DTNH__RESTRICT d, const float *DTNH__RESTRICT s) {
 #if defined(DTNH__AVX512)
@@ -167,6 +186,8 @@ static void dtnh__blend_run(float *DTNH__RESTRICT c, const float *DTNH__RESTRICT
 }
 
 /* ---- micro-kernels: C[MR][NR] = blend(panel[MR][kc] x sliver[kc][NR]) --------------------- */
+/* Panel element (r, k) is a[r * rs + k * ks]: rows of kc (rs kc, ks 1) or columns of MR
+   (rs 1, ks MR), whichever its operand packs without transposing. */
 /* C has row stride ldc; bias holds MR per-row values or is NULL. Writing to a tile buffer is
    the same call with ldc NR and the plain blend (alpha 1, first, beta 0). Hot loops, written
    out per instruction set; the tile stays in registers until the blend, which uses the same
@@ -196,28 +217,28 @@ static void dtnh__out512(float *c, __m512 v0, __m512 v1, const dtnh__blend *u, f
 /* 8 x 32: sixteen zmm accumulators, two vectors of B and one broadcast of A per row. */
 #define DTNH__ROW512(r)                                          \
     do {                                                         \
-        __m512 a_ = _mm512_set1_ps(a##r[k]);                     \
+        __m512 a_ = _mm512_set1_ps(a##r[ak]);                     \
         c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);              \
         c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);              \
     } while (0)
 /* The eight rows of A are eight streams the hardware prefetcher loses track of: fetch each
    row 64 floats ahead, one row per step. */
-#define DTNH__PREFETCH_A _mm_prefetch((const char *)(a + (k & 7) * kc + k + 64), _MM_HINT_T0)
+#define DTNH__PREFETCH_A _mm_prefetch((const char *)(a + (k & 7) * rs + ak + 64 * ks), _MM_HINT_T0)
 #define DTNH__OUT(r) dtnh__out512(c + (size_t)(r) * ldc, c##r##0, c##r##1, u, bias ? bias[r] : 0.0f)
-static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
+static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, const float *DTNH__RESTRICT b,
                          float *DTNH__RESTRICT c, size_t ldc, const dtnh__blend *u,
                          const float *bias) {
-    const float *a0 = a, *a1 = a + kc, *a2 = a + 2 * kc, *a3 = a + 3 * kc;
-    const float *a4 = a + 4 * kc, *a5 = a + 5 * kc, *a6 = a + 6 * kc, *a7 = a + 7 * kc;
+    const float *a0 = a, *a1 = a + rs, *a2 = a + 2 * rs, *a3 = a + 3 * rs;
+    const float *a4 = a + 4 * rs, *a5 = a + 5 * rs, *a6 = a + 6 * rs, *a7 = a + 7 * rs;
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00;
-    int k;
+    int k, ak;
     for (k = 0; k < 8; k++) { /* C arrives while the loop runs */
         _mm_prefetch((const char *)(c + (size_t)k * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + (size_t)k * ldc + 31), _MM_HINT_T0);
     }
-    for (k = 0; k < kc; k++, b += 32) {
+    for (k = 0, ak = 0; k < kc; k++, ak += ks, b += 32) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         DTNH__PREFETCH_A;
         DTNH__ROW512(0); DTNH__ROW512(1); DTNH__ROW512(2); DTNH__ROW512(3);
@@ -226,6 +247,28 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTN
     DTNH__OUT(0); DTNH__OUT(1); DTNH__OUT(2); DTNH__OUT(3);
     DTNH__OUT(4); DTNH__OUT(5); DTNH__OUT(6); DTNH__OUT(7);
 }
+/* 8 x 16 for the last sliver when at most 16 of its columns are real: half the work. */
+#define DTNH__ROW512H(r) c##r##0 = _mm512_fmadd_ps(_mm512_set1_ps(a##r[ak]), b0, c##r##0)
+#define DTNH__OUTH(r) _mm512_store_ps(tile + (r) * DTNH__NR, c##r##0)
+#define DTNH__HALF_KERNEL 1
+static void dtnh__kernel_half(int kc, const float *DTNH__RESTRICT a, int rs, int ks, const float *DTNH__RESTRICT b,
+                              float *DTNH__RESTRICT tile) {
+    const float *a0 = a, *a1 = a + rs, *a2 = a + 2 * rs, *a3 = a + 3 * rs;
+    const float *a4 = a + 4 * rs, *a5 = a + 5 * rs, *a6 = a + 6 * rs, *a7 = a + 7 * rs;
+    __m512 c00 = _mm512_setzero_ps(), c10 = c00, c20 = c00, c30 = c00;
+    __m512 c40 = c00, c50 = c00, c60 = c00, c70 = c00;
+    int k, ak;
+    for (k = 0, ak = 0; k < kc; k++, ak += ks, b += 32) {
+        __m512 b0 = _mm512_load_ps(b);
+        DTNH__PREFETCH_A;
+        DTNH__ROW512H(0); DTNH__ROW512H(1); DTNH__ROW512H(2); DTNH__ROW512H(3);
+        DTNH__ROW512H(4); DTNH__ROW512H(5); DTNH__ROW512H(6); DTNH__ROW512H(7);
+    }
+    DTNH__OUTH(0); DTNH__OUTH(1); DTNH__OUTH(2); DTNH__OUTH(3);
+    DTNH__OUTH(4); DTNH__OUTH(5); DTNH__OUTH(6); DTNH__OUTH(7);
+}
+#undef DTNH__ROW512H
+#undef DTNH__OUTH
 #undef DTNH__ROW512
 #undef DTNH__OUT
 #elif defined(DTNH__AVX2)
@@ -250,24 +293,24 @@ static void dtnh__out256(float *c, __m256 v0, __m256 v1, const dtnh__blend *u, f
 /* 6 x 16: twelve ymm accumulators, two vectors of B, one broadcast of A. */
 #define DTNH__ROW256(r)                                          \
     do {                                                         \
-        __m256 a_ = _mm256_broadcast_ss(a##r + k);               \
+        __m256 a_ = _mm256_broadcast_ss(a##r + ak);               \
         c##r##0 = _mm256_fmadd_ps(a_, b0, c##r##0);              \
         c##r##1 = _mm256_fmadd_ps(a_, b1, c##r##1);              \
     } while (0)
 #define DTNH__OUT(r) dtnh__out256(c + (size_t)(r) * ldc, c##r##0, c##r##1, u, bias ? bias[r] : 0.0f)
-static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
+static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, const float *DTNH__RESTRICT b,
                          float *DTNH__RESTRICT c, size_t ldc, const dtnh__blend *u,
                          const float *bias) {
-    const float *a0 = a, *a1 = a + kc, *a2 = a + 2 * kc, *a3 = a + 3 * kc, *a4 = a + 4 * kc;
-    const float *a5 = a + 5 * kc;
+    const float *a0 = a, *a1 = a + rs, *a2 = a + 2 * rs, *a3 = a + 3 * rs, *a4 = a + 4 * rs;
+    const float *a5 = a + 5 * rs;
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    int k;
-    for (k = 0; k < kc; k++, b += 16) {
+    int k, ak;
+    for (k = 0, ak = 0; k < kc; k++, ak += ks, b += 16) {
         __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
         /* six A streams: prefetch ahead as in the AVX-512 kernel */
-        _mm_prefetch((const char *)(a + (k & 3) * kc + k + 64), _MM_HINT_T0);
-        _mm_prefetch((const char *)(a + (4 + (k & 1)) * kc + k + 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(a + (k & 3) * rs + ak + 64 * ks), _MM_HINT_T0);
+        _mm_prefetch((const char *)(a + (4 + (k & 1)) * rs + ak + 64 * ks), _MM_HINT_T0);
         DTNH__ROW256(0); DTNH__ROW256(1); DTNH__ROW256(2);
         DTNH__ROW256(3); DTNH__ROW256(4); DTNH__ROW256(5);
     }
@@ -290,7 +333,7 @@ static void dtnh__blend_tile(float *c, size_t ldc, const float *tile, const dtnh
 /* 8 x 12: twenty-four q accumulators, three vectors of B, A by scalar-times-vector FMA. */
 #define DTNH__ROWNEON(r)                                         \
     do {                                                         \
-        float a_ = a##r[k];                                      \
+        float a_ = a##r[ak];                                      \
         c##r##0 = vfmaq_n_f32(c##r##0, b0, a_);                  \
         c##r##1 = vfmaq_n_f32(c##r##1, b1, a_);                  \
         c##r##2 = vfmaq_n_f32(c##r##2, b2, a_);                  \
@@ -301,21 +344,21 @@ static void dtnh__blend_tile(float *c, size_t ldc, const float *tile, const dtnh
         vst1q_f32(tile + r * 12 + 4, c##r##1);                   \
         vst1q_f32(tile + r * 12 + 8, c##r##2);                   \
     } while (0)
-static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
+static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, const float *DTNH__RESTRICT b,
                          float *DTNH__RESTRICT c, size_t ldc, const dtnh__blend *u,
                          const float *bias) {
-    const float *a0 = a, *a1 = a + kc, *a2 = a + 2 * kc, *a3 = a + 3 * kc;
-    const float *a4 = a + 4 * kc, *a5 = a + 5 * kc, *a6 = a + 6 * kc, *a7 = a + 7 * kc;
+    const float *a0 = a, *a1 = a + rs, *a2 = a + 2 * rs, *a3 = a + 3 * rs;
+    const float *a4 = a + 4 * rs, *a5 = a + 5 * rs, *a6 = a + 6 * rs, *a7 = a + 7 * rs;
     float32x4_t c00 = vdupq_n_f32(0.0f), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
     float32x4_t c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
     float32x4_t c40 = c00, c41 = c00, c42 = c00, c50 = c00, c51 = c00, c52 = c00;
     float32x4_t c60 = c00, c61 = c00, c62 = c00, c70 = c00, c71 = c00, c72 = c00;
     float tile[DTNH__MR * DTNH__NR];
-    int k;
-    for (k = 0; k < kc; k++, b += 12) {
+    int k, ak;
+    for (k = 0, ak = 0; k < kc; k++, ak += ks, b += 12) {
         float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4), b2 = vld1q_f32(b + 8);
 #if defined(__GNUC__)
-        __builtin_prefetch(a + (k & 7) * kc + k + 64); /* eight A streams, as on x86 */
+        __builtin_prefetch(a + (k & 7) * rs + ak + 64 * ks); /* eight A streams, as on x86 */
 #endif
         DTNH__ROWNEON(0); DTNH__ROWNEON(1); DTNH__ROWNEON(2); DTNH__ROWNEON(3);
         DTNH__ROWNEON(4); DTNH__ROWNEON(5); DTNH__ROWNEON(6); DTNH__ROWNEON(7);
@@ -328,7 +371,7 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTN
 #undef DTNH__STNEON
 #else
 /* Portable C: a 4 x 16 tile in a local array the compiler can keep in registers. */
-static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
+static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, const float *DTNH__RESTRICT b,
                          float *DTNH__RESTRICT c, size_t ldc, const dtnh__blend *u,
                          const float *bias) {
     float acc[DTNH__MR * DTNH__NR];
@@ -336,7 +379,7 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, const float *DTN
     for (q = 0; q < DTNH__MR * DTNH__NR; q++) acc[q] = 0.0f;
     for (k = 0; k < kc; k++, b += DTNH__NR)
         for (r = 0; r < DTNH__MR; r++) {
-            float av = a[r * kc + k];
+            float av = a[r * rs + k * ks];
             for (q = 0; q < DTNH__NR; q++) acc[r * DTNH__NR + q] += av * b[q];
         }
     dtnh__blend_tile(c, ldc, acc, u, bias);
@@ -406,24 +449,35 @@ static void dtnh__im2col_run(const dtnh_conv_geom *g, const float *x, int img, i
                              int len, int row0, int nrows, float *dst, size_t dst_stride) {
     int kk = g->kh * g->kw, s = g->stride;
     int c = row0 / kk, i = row0 % kk / g->kw, j = row0 % g->kw, r;
+    int iy0 = oy * s - g->pad, ix00 = ox0 * s - g->pad;
     const float *ximg = x + (size_t)img * (size_t)g->c_in * (size_t)g->h * (size_t)g->w;
     for (r = 0; r < nrows; r++, dst += dst_stride) {
-        int iy = oy * s - g->pad + i, ix0 = ox0 * s - g->pad + j, lo, hi, t;
+        int iy = iy0 + i, ix0 = ix00 + j, lo, hi, t;
         if (iy < 0 || iy >= g->h) {
             dtnh__vzero(dst, len);
         } else {
             const float *src = ximg + ((size_t)c * (size_t)g->h + (size_t)iy) * (size_t)g->w;
-            /* output t reads ix0 + t*s: valid for lo <= t < hi */
-            lo = ix0 < 0 ? (-ix0 + s - 1) / s : 0;
-            hi = g->w - ix0 > 0 ? (g->w - ix0 + s - 1) / s : 0;
+            /* output t reads ix0 + t*s: valid for lo <= t < hi (no division for strides 1, 2) */
+            if (s == 1) {
+                lo = ix0 < 0 ? -ix0 : 0;
+                hi = g->w - ix0;
+            } else if (s == 2) {
+                lo = ix0 < 0 ? (1 - ix0) >> 1 : 0;
+                hi = g->w - ix0 > 0 ? (g->w - ix0 + 1) >> 1 : 0;
+            } else {
+                lo = ix0 < 0 ? (-ix0 + s - 1) / s : 0;
+                hi = g->w - ix0 > 0 ? (g->w - ix0 + s - 1) / s : 0;
+            }
             if (lo > len) lo = len;
             if (hi > len) hi = len;
             if (hi < lo) hi = lo;
-            dtnh__vzero(dst, lo);
-            if (s == 1) dtnh__vcopy(dst + lo, src + ix0 + lo, hi - lo);
-            else
+            if (s == 1) {
+                dtnh__copy_padded(dst, len, lo, hi, src + ix0 + lo);
+            } else {
+                dtnh__vzero(dst, lo);
                 for (t = lo; t < hi; t++) dst[t] = src[ix0 + t * s];
-            dtnh__vzero(dst + hi, len - hi);
+                dtnh__vzero(dst + hi, len - hi);
+            }
         }
         if (++j == g->kw) {
             j = 0;
@@ -471,21 +525,38 @@ static void dtnh__runs_advance(dtnh__runs *w) {
 
 /* ---- packing ------------------------------------------------------------------------------- */
 
+/* A transposed A packs by columns (element (r, k) at k*MR + r), a copy: eight stored rows at
+   a time across all panels, so the source is read as eight forward streams. */
+static void dtnh__pack_a_cols(const dtnh__view *v, int m0, int mc, int k0, int kc, float *dst) {
+    int k8, p, i, r;
+    for (k8 = 0; k8 < kc; k8 += 8) {
+        int rows = dtnh__kmin(8, kc - k8);
+        const float *src = v->p + (size_t)(k0 + k8) * v->ld + m0;
+        for (p = 0; p < mc; p += DTNH__MR) {
+            int mr = dtnh__kmin(DTNH__MR, mc - p);
+            float *d = dst + (size_t)p * kc + (size_t)k8 * DTNH__MR;
+            for (i = 0; i < rows; i++, d += DTNH__MR) {
+                const float *s = src + (size_t)i * v->ld + p;
+                if (p % 16 == 0) DTNH__PREFETCH(s + 8 * v->ld); /* the next eight rows */
+                for (r = 0; r < mr; r++) d[r] = s[r];
+                for (; r < DTNH__MR; r++) d[r] = 0.0f;
+            }
+        }
+    }
+}
+
 /* A block rows [m0, m0+mc) x columns [k0, k0+kc) into MR-row panels, each row kc long. */
 static void dtnh__pack_a(const dtnh__gemm *G, int m0, int mc, int k0, int kc, float *dst) {
     const dtnh__view *v = &G->a;
     int p, r, k;
+    if (v->kind == DTNH__COLS) {
+        dtnh__pack_a_cols(v, m0, mc, k0, kc, dst);
+        return;
+    }
     for (p = 0; p < mc; p += DTNH__MR, dst += DTNH__MR * kc) {
         int mr = dtnh__kmin(DTNH__MR, mc - p), m = m0 + p;
         if (v->kind == DTNH__ROWS) {
             for (r = 0; r < mr; r++) dtnh__vcopy(dst + r * kc, v->p + (size_t)(m + r) * v->ld + k0, kc);
-        } else if (v->kind == DTNH__COLS) {
-            const float *src = v->p + (size_t)k0 * v->ld + m;
-            k = 0;
-            if (mr == 8)
-                for (; k + 8 <= kc; k += 8) dtnh__transpose8(src + (size_t)k * v->ld, v->ld, dst + k, (size_t)kc);
-            for (; k < kc; k++)
-                for (r = 0; r < mr; r++) dst[r * kc + k] = src[(size_t)k * v->ld + r];
         } else if (v->kind == DTNH__IM2COL) {
             dtnh__runs w;
             dtnh__runs_start(&w, v->g.ow, v->g.oh * v->g.ow, k0, k0 + kc, 0);
@@ -552,13 +623,18 @@ static void dtnh__pack_b(const dtnh__gemm *G, int k0, int kc, int n0, int nc, fl
         }
     }
     if (v->kind == DTNH__IM2COL) {
-        dtnh__runs w;
-        dtnh__runs_start(&w, v->g.ow, v->g.oh * v->g.ow, n0, n0 + nc, DTNH__NR);
-        for (; dtnh__runs_next(&w, n0); dtnh__runs_advance(&w)) {
-            int rel = w.col - n0;
-            dtnh__im2col_run(&v->g, v->p, w.img, w.oy, w.ox, w.len, k0, kc,
-                             dst + (size_t)(rel / DTNH__NR) * kc * DTNH__NR + rel % DTNH__NR,
-                             DTNH__NR);
+        /* Eight rows at a time across the columns: consecutive runs read consecutive input
+           rows (prefetchers follow), and each run lands in one sliver. */
+        int k8;
+        for (k8 = 0; k8 < kc; k8 += 8) {
+            dtnh__runs w;
+            dtnh__runs_start(&w, v->g.ow, v->g.oh * v->g.ow, n0, n0 + nc, DTNH__NR);
+            for (; dtnh__runs_next(&w, n0); dtnh__runs_advance(&w)) {
+                int rel = w.col - n0;
+                dtnh__im2col_run(&v->g, v->p, w.img, w.oy, w.ox, w.len, k0 + k8, dtnh__kmin(8, kc - k8),
+                                 dst + ((size_t)(rel / DTNH__NR) * kc + (size_t)k8) * DTNH__NR + rel % DTNH__NR,
+                                 DTNH__NR);
+            }
         }
     }
     for (s = 0; s < nc; s += DTNH__NR, dst += (size_t)kc * DTNH__NR) {
@@ -573,7 +649,11 @@ static void dtnh__pack_b(const dtnh__gemm *G, int k0, int kc, int n0, int nc, fl
                 int w8 = dtnh__kmin(8, nr - q), i;
                 k = 0;
                 if (w8 == 8)
-                    for (; k + 8 <= kc; k += 8) dtnh__transpose8(src + k, v->ld, dst + k * DTNH__NR + q, DTNH__NR);
+                    for (; k + 8 <= kc; k += 8) {
+                        if (k % 16 == 0) /* eight short streams: fetch ahead by hand */
+                            for (i = 0; i < 8; i++) DTNH__PREFETCH(src + (size_t)i * v->ld + k + 64);
+                        dtnh__transpose8(src + k, v->ld, dst + k * DTNH__NR + q, DTNH__NR);
+                    }
                 for (; k < kc; k++)
                     for (i = 0; i < w8; i++) dst[k * DTNH__NR + q + i] = src[(size_t)i * v->ld + k];
             }
@@ -689,6 +769,7 @@ static float *dtnh__tile_in_place(const dtnh__gemm *G, int m0, int mr, int n0, i
 
 static void dtnh__tile(const dtnh__gemm *G, int kc, const float *a, const float *b, int m0, int mr,
                        int n0, int nr, int first) {
+    int by_cols = G->a.kind == DTNH__COLS, rs = by_cols ? 1 : kc, ks = by_cols ? DTNH__MR : 1;
     DTNH_ALIGNED(64) float tile[DTNH__MR * DTNH__NR];
     size_t ldc = 0;
     float *c = dtnh__tile_in_place(G, m0, mr, n0, nr, &ldc);
@@ -698,9 +779,13 @@ static void dtnh__tile(const dtnh__gemm *G, int kc, const float *a, const float 
         u.beta = G->beta;
         u.bias = 0.0f;
         u.first = first;
-        dtnh__kernel(kc, a, b, c, ldc, &u, G->bias && first ? G->bias + m0 : NULL);
+        dtnh__kernel(kc, a, rs, ks, b, c, ldc, &u, G->bias && first ? G->bias + m0 : NULL);
     } else {
-        dtnh__kernel(kc, a, b, tile, DTNH__NR, &dtnh__plain_blend, NULL);
+#ifdef DTNH__HALF_KERNEL
+        if (nr <= DTNH__NR / 2) dtnh__kernel_half(kc, a, rs, ks, b, tile);
+        else
+#endif
+            dtnh__kernel(kc, a, rs, ks, b, tile, DTNH__NR, &dtnh__plain_blend, NULL);
         dtnh__store_tile(G, m0, mr, n0, nr, tile, first);
     }
 }
