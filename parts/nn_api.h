@@ -306,6 +306,8 @@ DTNHDEF dtnh_status dtnh_resnet_state_entry(const dtnh_resnet *net, int i, dtnh_
 /* Index in the state_dict order of the entry called name, or -1. */
 DTNHDEF int dtnh_resnet_state_find(const dtnh_resnet *net, const char *name);
 
-/* Multiply-adds (as FLOPs: 2 per multiply-add) of one forward at batch n; a training step
-   costs about three times that. For throughput reports. */
+/* FLOPs (2 per multiply-add) of the convolutions and the linear layer in one forward at batch
+   n, and in one training step (forward, then the weight gradients of trainable layers and the
+   input gradients that flow), as configured now. For throughput reports. */
 DTNHDEF double dtnh_resnet_forward_flops(const dtnh_resnet *net, int n);
+DTNHDEF double dtnh_resnet_step_flops(const dtnh_resnet *net, int n);

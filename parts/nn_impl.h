@@ -484,7 +484,7 @@ static size_t dtnh__round16(size_t n) { return (n + 15) / 16 * 16; }
 static dtnh_status dtnh__add_node(dtnh_resnet *net, int kind, const char *name, int in0, int in1,
                                   int stage, int c, int h, int w, dtnh__rnode **out,
                                   dtnh_error *err) {
-    dtnh__rnode *nd;
+    dtnh__rnode *nd = NULL;
     dtnh__rvalue *v;
     int i, idx = net->node_count, ins[2];
     if (idx >= DTNH__RESNET_MAX_NODES)
@@ -552,9 +552,10 @@ static dtnh_status dtnh__conv(dtnh_resnet *net, const char *name, int in, int c_
                               int stride, int pad, int stage, int *out, dtnh_error *err) {
     const dtnh__rvalue *x = &net->values[in];
     dtnh_conv_geom g;
-    dtnh__rnode *nd;
+    dtnh__rnode *nd = NULL;
     dtnh_status s;
     int shape[4];
+    memset(&g, 0, sizeof g);
     if ((s = dtnh_conv_geom_init(&g, net->cfg.max_batch, x->c, x->h, x->w, c_out, k, k, stride,
                                  pad, err)))
         return s;
@@ -578,7 +579,7 @@ static dtnh_status dtnh__bn(dtnh_resnet *net, const char *name, int in, int relu
                             const char *relu_name, int stage, int *out, dtnh_error *err) {
     const dtnh__rvalue *x = &net->values[in];
     int c = x->c, fuse = relu && !dtnh__hooked(net, name), idx;
-    dtnh__rnode *nd;
+    dtnh__rnode *nd = NULL;
     dtnh_status s;
     size_t off;
     if ((s = dtnh__add_node(net, DTNH__NODE_BN, name, in, -1, stage, c, x->h, x->w, &nd, err)))
@@ -610,7 +611,7 @@ static dtnh_status dtnh__block(dtnh_resnet *net, int stage, int b, int in, int c
                                int *out, dtnh_error *err) {
     char pre[32], name[64];
     int t, ident = in;
-    dtnh__rnode *add;
+    dtnh__rnode *add = NULL;
     dtnh_status s;
     snprintf(pre, sizeof pre, "layer%d.%d", stage, b);
 #define DTNH__NAME(suffix) (snprintf(name, sizeof name, "%s.%s", pre, suffix), name)
@@ -637,7 +638,7 @@ static dtnh_status dtnh__resnet_build(dtnh_resnet *net, dtnh_error *err) {
     const dtnh_resnet_config *c = &net->cfg;
     int v, stage, b, imagenet = c->stem == DTNH_STEM_IMAGENET;
     int shape[2];
-    dtnh__rnode *nd;
+    dtnh__rnode *nd = NULL;
     dtnh_status s;
     dtnh__rvalue *x = &net->values[0];
     memset(x, 0, sizeof *x);
@@ -1099,16 +1100,31 @@ DTNHDEF dtnh_status dtnh_resnet_plan_memory(const dtnh_resnet_config *cfg, int e
     return DTNH_OK;
 }
 
+/* FLOPs of node i's forward for one sample (0 for the layers that are not GEMMs). */
+static double dtnh__node_flops(const dtnh_resnet *net, const dtnh__rnode *nd) {
+    const dtnh__rvalue *x = &net->values[nd->in[0]], *y = &net->values[nd->out];
+    if (nd->kind == DTNH__NODE_CONV) return 2.0 * x->c * nd->k * nd->k * (double)dtnh__value_floats(y);
+    if (nd->kind == DTNH__NODE_LINEAR) return 2.0 * (double)dtnh__value_floats(x) * (double)y->c;
+    return 0;
+}
+
 DTNHDEF double dtnh_resnet_forward_flops(const dtnh_resnet *net, int n) {
+    double f = 0;
+    int i;
+    for (i = 0; net && i < net->node_count; i++) f += dtnh__node_flops(net, &net->nodes[i]);
+    return f * n;
+}
+
+DTNHDEF double dtnh_resnet_step_flops(const dtnh_resnet *net, int n) {
     double f = 0;
     int i;
     for (i = 0; net && i < net->node_count; i++) {
         const dtnh__rnode *nd = &net->nodes[i];
-        const dtnh__rvalue *x = &net->values[nd->in[0]], *y = &net->values[nd->out];
-        if (nd->kind == DTNH__NODE_CONV)
-            f += 2.0 * x->c * nd->k * nd->k * (double)dtnh__value_floats(y);
-        else if (nd->kind == DTNH__NODE_LINEAR)
-            f += 2.0 * (double)dtnh__value_floats(x) * (double)y->c;
+        double one = dtnh__node_flops(net, nd);
+        f += one;
+        if (!net->values[nd->out].needs_grad) continue;
+        if (nd->train_w) f += one;
+        if (nd->in[0] >= 1 && net->values[nd->in[0]].needs_grad) f += one;
     }
     return f * n;
 }
@@ -1523,14 +1539,16 @@ DTNHDEF int dtnh_resnet_state_count(const dtnh_resnet *net) { return net ? net->
 DTNHDEF dtnh_status dtnh_resnet_state_entry(const dtnh_resnet *net, int i, dtnh_state_entry *e,
                                             dtnh_error *err) {
     int k;
+    if (e) { /* cleared first, so a failed call leaves no stale fields */
+        memset(e, 0, sizeof *e);
+        e->param = e->buffer = -1;
+    }
     if (!net || !e) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_state_entry: NULL argument");
     if (i < 0 || i >= net->state_count)
         return dtnh_fail(err, DTNH_ERR_ARG, "resnet_state_entry: entry %d, expected 0..%d", i,
                          net->state_count - 1);
     if (!net->params.views || !net->buffers.views)
         return dtnh_fail(err, DTNH_ERR_ARG, "resnet_state_entry: network built on a counting arena");
-    memset(e, 0, sizeof *e);
-    e->param = e->buffer = -1;
     if (net->state_kind[i] == 0) {
         const dtnh_param_view *v = &net->params.views[net->state_index[i]];
         e->name = v->name;
