@@ -7,7 +7,10 @@
 typedef enum dtnh_trans { DTNH_NO_TRANS = 0, DTNH_TRANS = 1 } dtnh_trans;
 
 /* Scratch memory for the kernels (packing panels, im2col tiles), sized for a thread count.
-   The kernels use at most `threads` threads, whatever OpenMP would offer. */
+   The kernels use at most `threads` threads, whatever OpenMP would offer. One buffer can
+   serve many calls: size it with the largest dtnh_gemm_work_bytes / dtnh_conv_work_bytes.
+   The micro-kernel is chosen at compile time: AVX-512, AVX2+FMA, NEON (AArch64) or portable
+   C; define DTNH_NO_SIMD to force the portable one. */
 typedef struct dtnh_work {
     void *buf;
     size_t bytes;
@@ -23,7 +26,8 @@ DTNHDEF size_t dtnh_gemm_work_bytes(int threads);
 
 /* C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, row-major, leading dimensions in
    floats. beta == 0 ignores what C held (NaN included). Deterministic: the reduction over K
-   runs in the same order for any thread count. */
+   runs in the same order for any thread count. work may be NULL: plain loops on one thread
+   (fine for tiny products); otherwise it must hold dtnh_gemm_work_bytes(work->threads). */
 DTNHDEF void dtnh_sgemm(dtnh_trans ta, dtnh_trans tb, int M, int N, int K, float alpha,
                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
                         int ldc, const dtnh_work *work);
@@ -44,7 +48,9 @@ typedef struct dtnh_conv_geom {
 DTNHDEF dtnh_status dtnh_conv_geom_init(dtnh_conv_geom *g, int n, int c_in, int h, int w,
                                         int c_out, int kh, int kw, int stride, int pad,
                                         dtnh_error *err);
-/* Bytes of work the three convolution calls below need with `threads` threads. */
+/* Bytes of work the three convolution calls below need with `threads` threads (the packing
+   blocks only: no unfolded im2col matrix is ever built). The calls expect a geometry from
+   dtnh_conv_geom_init and work of at least dtnh_conv_work_bytes(g, work->threads). */
 DTNHDEF size_t dtnh_conv_work_bytes(const dtnh_conv_geom *g, int threads);
 
 /* y[n,c_out,oh,ow] = conv(x[n,c_in,h,w], w[c_out,c_in,kh,kw]) + bias (bias may be NULL). */

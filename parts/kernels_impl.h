@@ -76,16 +76,23 @@ static void dtnh__vcopy(float *DTNH__RESTRICT d, const float *DTNH__RESTRICT s, 
 #endif
 }
 
+#if defined(DTNH__AVX512)
+/* A pointer `back` floats before p, as an integer sum: the lanes in front of p are masked off
+   and never read, and no out-of-bounds pointer arithmetic happens in C. */
+static const float *dtnh__floats_before(const float *p, int back) {
+    return (const float *)((uintptr_t)p - (uintptr_t)back * sizeof(float));
+}
+#endif
+
 /* dst[0..len) = 0 except dst[lo..hi) = src[0..hi-lo): a run of im2col with its padding.
    src is only read when hi > lo. */
 static void dtnh__copy_padded(float *DTNH__RESTRICT dst, int len, int lo, int hi,
                               const float *DTNH__RESTRICT src) {
 #if defined(DTNH__AVX512)
-    if (len <= 16) { /* one masked load, expanded into place, one masked store */
+    if (len <= 16) { /* one masked load straight into place, one masked store */
         __m512 v = _mm512_setzero_ps();
         if (hi > lo)
-            v = _mm512_maskz_expand_ps((__mmask16)(((1u << (hi - lo)) - 1u) << lo),
-                                       _mm512_maskz_loadu_ps((__mmask16)((1u << (hi - lo)) - 1u), src));
+            v = _mm512_maskz_loadu_ps((__mmask16)(((1u << (hi - lo)) - 1u) << lo), dtnh__floats_before(src, lo));
         _mm512_mask_storeu_ps(dst, (__mmask16)((1u << len) - 1u), v);
         return;
     }
@@ -473,7 +480,7 @@ static void dtnh__im2col_run(const dtnh_conv_geom *g, const float *x, int img, i
             if (hi < lo) hi = lo;
             if (s == 1) {
                 dtnh__copy_padded(dst, len, lo, hi, src + ix0 + lo);
-            } else {
+            } else { /* (an AVX-512 gather of even lanes measured slower than this loop) */
                 dtnh__vzero(dst, lo);
                 for (t = lo; t < hi; t++) dst[t] = src[ix0 + t * s];
                 dtnh__vzero(dst + hi, len - hi);
