@@ -1077,8 +1077,11 @@ static dtnh_conv_geom dtnh__plane_geom(int n, int ch, int plane) {
 
 enum { DTNH__BWD_FLIPPED, DTNH__BWD_SCATTER, DTNH__BWD_COL2IM };
 
+/* The flipped convolution packs k*k*c_out rows of dY per column for only c_in rows of dX:
+   with few input channels (a network's stem) unpacking dY plainly and col2im win. */
 static int dtnh__backward_data_path(const dtnh_conv_geom *g) {
-    if (g->stride == 1 && g->kh == g->kw && g->pad <= g->kh - 1) return DTNH__BWD_FLIPPED;
+    if (g->stride == 1 && g->kh == g->kw && g->pad <= g->kh - 1 && g->c_in >= 16)
+        return DTNH__BWD_FLIPPED;
     if (g->kh <= g->stride && g->kw <= g->stride) return DTNH__BWD_SCATTER;
     return DTNH__BWD_COL2IM;
 }
