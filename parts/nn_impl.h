@@ -8,44 +8,97 @@
 /* Parallelise only when there is enough work to pay for waking the threads. */
 #define DTNH__PAR_MIN 32768
 
-/* Sum and sum of squares of p[0..n) in double, in 8 lanes so the loop vectorises; the lane
-   order is fixed, so the result is too. */
-static void dtnh__sum_sumsq(const float *p, size_t n, double *sum, double *sumsq) {
-    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    size_t i = 0, k;
-    for (; i + 8 <= n; i += 8)
-        for (k = 0; k < 8; k++) {
-            double v = (double)p[i + k];
+/* The reductions below add 16 float lanes over blocks of at most 256 values (so the loop
+   vectorises without reassociation), then the lanes and the blocks in double, in a fixed
+   order: the same bits for any thread count. */
+#define DTNH__LANES 16
+#define DTNH__BLOCK 256
+
+static double dtnh__lanes_sum(const float *lanes) {
+    double s = 0;
+    int k;
+    for (k = 0; k < DTNH__LANES; k++) s += (double)lanes[k];
+    return s;
+}
+
+/* Sums of (p - shift) and (p - shift)^2 over p[0..n). A shift near the mean keeps the
+   variance E[d^2] - E[d]^2 free of cancellation. */
+static void dtnh__sum_sumsq(const float *p, size_t n, float shift, double *sum, double *sumsq) {
+    size_t i = 0;
+    while (i < n) {
+        size_t len = n - i < DTNH__BLOCK ? n - i : DTNH__BLOCK, j = 0;
+        float s[DTNH__LANES] = {0}, q[DTNH__LANES] = {0};
+        int k;
+        for (; j + DTNH__LANES <= len; j += DTNH__LANES)
+            for (k = 0; k < DTNH__LANES; k++) {
+                float v = p[i + j + k] - shift;
+                s[k] += v;
+                q[k] += v * v;
+            }
+        for (k = 0; j < len; j++, k++) {
+            float v = p[i + j] - shift;
             s[k] += v;
             q[k] += v * v;
         }
-    for (; i < n; i++) {
-        double v = (double)p[i];
-        s[0] += v;
-        q[0] += v * v;
+        *sum += dtnh__lanes_sum(s);
+        *sumsq += dtnh__lanes_sum(q);
+        i += len;
     }
-    *sum += ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    *sumsq += ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
 }
 
-/* Sums of g and g*x over p[0..n), with g = dy, or dy masked by y > 0 when y is not NULL. */
-static void dtnh__sum_dy_dyx(const float *dy, const float *x, const float *y, size_t n,
-                             double *sum_dy, double *sum_dyx) {
-    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    size_t i = 0, k;
-    for (; i + 8 <= n; i += 8)
-        for (k = 0; k < 8; k++) {
-            double g = y && !(y[i + k] > 0.0f) ? 0.0 : (double)dy[i + k];
+/* Sums of g and g * (x - mean) over [0..n), g = dy, or dy where y > 0 (a fused ReLU's mask)
+   when y is not NULL. x NULL: only the first. */
+static void dtnh__sum_dy_dyx(const float *dy, const float *x, const float *y, float mean,
+                             size_t n, double *sum_dy, double *sum_dyx) {
+    size_t i = 0;
+    while (i < n) {
+        size_t len = n - i < DTNH__BLOCK ? n - i : DTNH__BLOCK, j = 0;
+        const float *d = dy + i, *xs = x ? x + i : dy + i, *ys = y ? y + i : dy + i;
+        float s[DTNH__LANES] = {0}, q[DTNH__LANES] = {0};
+        int k, mask = y != NULL;
+        for (; j + DTNH__LANES <= len; j += DTNH__LANES)
+            for (k = 0; k < DTNH__LANES; k++) {
+                float g = mask && !(ys[j + k] > 0.0f) ? 0.0f : d[j + k];
+                s[k] += g;
+                q[k] += g * (xs[j + k] - mean);
+            }
+        for (k = 0; j < len; j++, k++) {
+            float g = mask && !(ys[j] > 0.0f) ? 0.0f : d[j];
             s[k] += g;
-            q[k] += g * (double)x[i + k];
+            q[k] += g * (xs[j] - mean);
         }
-    for (; i < n; i++) {
-        double g = y && !(y[i] > 0.0f) ? 0.0 : (double)dy[i];
-        s[0] += g;
-        q[0] += g * (double)x[i];
+        *sum_dy += dtnh__lanes_sum(s);
+        if (x) *sum_dyx += dtnh__lanes_sum(q);
+        i += len;
     }
-    *sum_dy += ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    *sum_dyx += ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
+}
+
+/* dx = k_dy * g + k_x * x + k_0 with g as above, out of place and in place (dx == dy): one
+   loop each, so the compiler need not fear that they overlap. */
+static void dtnh__bn_dx(float *dx, const float *dy, const float *x, const float *y, size_t n,
+                        float k_dy, float k_x, float k_0) {
+    size_t j;
+    if (y && x)
+        for (j = 0; j < n; j++) dx[j] = k_dy * (y[j] > 0.0f ? dy[j] : 0.0f) + k_x * x[j] + k_0;
+    else if (x)
+        for (j = 0; j < n; j++) dx[j] = k_dy * dy[j] + k_x * x[j] + k_0;
+    else if (y)
+        for (j = 0; j < n; j++) dx[j] = y[j] > 0.0f ? k_dy * dy[j] : 0.0f;
+    else
+        for (j = 0; j < n; j++) dx[j] = k_dy * dy[j];
+}
+
+static void dtnh__bn_dx_inplace(float *d, const float *x, const float *y, size_t n, float k_dy,
+                                float k_x, float k_0) {
+    size_t j;
+    if (y && x)
+        for (j = 0; j < n; j++) d[j] = k_dy * (y[j] > 0.0f ? d[j] : 0.0f) + k_x * x[j] + k_0;
+    else if (x)
+        for (j = 0; j < n; j++) d[j] = k_dy * d[j] + k_x * x[j] + k_0;
+    else if (y)
+        for (j = 0; j < n; j++) d[j] = y[j] > 0.0f ? k_dy * d[j] : 0.0f;
+    else
+        for (j = 0; j < n; j++) d[j] *= k_dy;
 }
 
 DTNHDEF void dtnh_batchnorm_stats(int n, int c, int hw, const float *x, float eps, float *mean,
@@ -55,12 +108,15 @@ DTNHDEF void dtnh_batchnorm_stats(int n, int c, int hw, const float *x, float ep
     DTNH__OMP(parallel for schedule(static) if ((size_t)c * cnt > DTNH__PAR_MIN))
     for (ch = 0; ch < c; ch++) {
         double s = 0, q = 0, m, var;
+        float shift = x[(size_t)ch * (size_t)hw]; /* a value of the channel: near its mean */
         int i;
         for (i = 0; i < n; i++)
-            dtnh__sum_sumsq(x + ((size_t)i * (size_t)c + (size_t)ch) * (size_t)hw, (size_t)hw, &s, &q);
+            dtnh__sum_sumsq(x + ((size_t)i * (size_t)c + (size_t)ch) * (size_t)hw, (size_t)hw,
+                            shift, &s, &q);
         m = s / (double)cnt;
         var = q / (double)cnt - m * m;
         if (var < 0) var = 0; /* rounding, when every value is the same */
+        m += (double)shift;
         mean[ch] = (float)m;
         invstd[ch] = (float)(1.0 / sqrt(var + (double)eps));
         if (var_unbiased) var_unbiased[ch] = cnt > 1 ? (float)(var * (double)cnt / (double)(cnt - 1)) : 0.0f;
@@ -113,39 +169,29 @@ DTNHDEF void dtnh_batchnorm_backward(int n, int c, int hw, const float *x, const
     size_t cnt = (size_t)n * (size_t)hw;
     DTNH__OMP(parallel for schedule(static) if ((size_t)c * cnt > DTNH__PAR_MIN))
     for (ch = 0; ch < c; ch++) {
-        double sdy = 0, sdyx = 0, sdyxhat;
-        float a, k_dy, k_x, k_0;
-        int i, j;
+        double sdy = 0, sdyxc = 0, sdyxhat;
+        float a, k_x, k_0;
+        int i;
         for (i = 0; i < n; i++) {
             size_t off = ((size_t)i * (size_t)c + (size_t)ch) * (size_t)hw;
-            dtnh__sum_dy_dyx(dy + off, x ? x + off : dy + off, y ? y + off : NULL, (size_t)hw,
-                             &sdy, &sdyx);
+            dtnh__sum_dy_dyx(dy + off, x ? x + off : NULL, y ? y + off : NULL, mean[ch],
+                             (size_t)hw, &sdy, &sdyxc);
         }
-        if (!x) sdyx = (double)mean[ch] * sdy; /* no input kept: sum(g * xhat) is not needed */
-        /* sum(g * xhat) = invstd * (sum(g * x) - mean * sum(g)) */
-        sdyxhat = (double)invstd[ch] * (sdyx - (double)mean[ch] * sdy);
+        /* sum(g * xhat) = invstd * sum(g * (x - mean)) */
+        sdyxhat = (double)invstd[ch] * sdyxc;
         if (dgamma) dgamma[ch] = accumulate ? dgamma[ch] + (float)sdyxhat : (float)sdyxhat;
         if (dbeta) dbeta[ch] = accumulate ? dbeta[ch] + (float)sdy : (float)sdy;
         if (!dx) continue;
         /* dx = a * (g - sum(g)/N - xhat * sum(g xhat)/N), a = gamma * invstd, written as
-           k_dy * g + k_x * x + k_0 (batch statistics), or a * g (constant statistics). */
+           a * g + k_x * x + k_0 (batch statistics), or a * g (constant statistics). */
         a = gamma[ch] * invstd[ch];
-        k_dy = a;
         k_x = batch_stats ? (float)(-(double)a * (double)invstd[ch] * sdyxhat / (double)cnt) : 0.0f;
         k_0 = batch_stats ? (float)(-(double)k_x * (double)mean[ch] - (double)a * sdy / (double)cnt) : 0.0f;
         for (i = 0; i < n; i++) {
             size_t off = ((size_t)i * (size_t)c + (size_t)ch) * (size_t)hw;
-            const float *dyp = dy + off, *xp = x ? x + off : NULL, *yp = y ? y + off : NULL;
-            float *dxp = dx + off;
-            if (!xp) /* constant statistics: dx = a * g */
-                for (j = 0; j < hw; j++) dxp[j] = yp && !(yp[j] > 0.0f) ? 0.0f : k_dy * dyp[j];
-            else if (yp)
-                for (j = 0; j < hw; j++) {
-                    float g = yp[j] > 0.0f ? dyp[j] : 0.0f;
-                    dxp[j] = k_dy * g + k_x * xp[j] + k_0;
-                }
-            else
-                for (j = 0; j < hw; j++) dxp[j] = k_dy * dyp[j] + k_x * xp[j] + k_0;
+            const float *xp = batch_stats ? x + off : NULL, *yp = y ? y + off : NULL;
+            if (dx == dy) dtnh__bn_dx_inplace(dx + off, xp, yp, (size_t)hw, a, k_x, k_0);
+            else dtnh__bn_dx(dx + off, dy + off, xp, yp, (size_t)hw, a, k_x, k_0);
         }
     }
 }
@@ -157,7 +203,10 @@ DTNHDEF void dtnh_relu_forward(size_t count, const float *x, float *y) {
 
 DTNHDEF void dtnh_relu_backward(size_t count, const float *y, const float *dy, float *dx) {
     size_t i;
-    for (i = 0; i < count; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    if (dx == dy) /* in place: one pointer, so the loop vectorises */
+        for (i = 0; i < count; i++) dx[i] = y[i] > 0.0f ? dx[i] : 0.0f;
+    else
+        for (i = 0; i < count; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
 /* Output size of a pooling or convolution window, PyTorch's floor mode. */
@@ -232,7 +281,7 @@ DTNHDEF void dtnh_avgpool_forward(int n, int c, int hw, const float *x, float *y
     DTNH__OMP(parallel for schedule(static) if ((size_t)planes * (size_t)hw > DTNH__PAR_MIN))
     for (plane = 0; plane < planes; plane++) {
         double s = 0, q = 0;
-        dtnh__sum_sumsq(x + (size_t)plane * (size_t)hw, (size_t)hw, &s, &q);
+        dtnh__sum_sumsq(x + (size_t)plane * (size_t)hw, (size_t)hw, 0.0f, &s, &q);
         y[plane] = (float)(s / (double)hw);
     }
 }
