@@ -37,7 +37,7 @@ test-run: $(B)/tests/run
 
 # The full check: strict builds with gcc and clang, with and without OpenMP, as C++, the
 # suite under the sanitizers, and the suite itself (its last line: N passed, M failed).
-test: check-headers check-cxx check-san
+test: check-headers check-cxx check-san check-reliability
 	$(MAKE) --no-print-directory test-run
 
 check-headers:
@@ -100,3 +100,84 @@ fuzz-replay: $(FUZZ_TARGETS:%=$(B)/fuzz/replay_%)
 $(B)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(HEADERS) examples/cli.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< tests/fuzz/replay.c $(LDLIBS)
+
+# `make check-crash` kills a checkpointing trainer with SIGKILL CRASH_ROUNDS times at random
+# moments (mostly while it saves) and checks that the last checkpoint always loads, equals the
+# uninterrupted run at its iteration and resumes exactly. `make check-determinism`: one seed
+# gives the same bits with 1, 2 and 3 threads and without OpenMP. Both also run in `make test`
+# (check-reliability, with the fuzz corpora replayed under the sanitizers).
+CRASH_ROUNDS ?= 200
+DET_FLAGS    := $(WARN) -Werror $(OPT) $(ARCH)
+.PHONY: check-reliability check-crash check-determinism check-m7 check-arm check-valgrind check-all
+
+check-reliability:
+	@$(MAKE) --no-print-directory check-crash CRASH_ROUNDS=50
+	@$(MAKE) --no-print-directory check-determinism
+	@$(MAKE) --no-print-directory -j2 SAN=1 OMP=0 fuzz-replay
+
+check-crash: $(B)/tests/crash_checkpoint
+	@mkdir -p build/crash
+	@./$(B)/tests/crash_checkpoint build/crash $(CRASH_ROUNDS) > build/crash/log.txt || { cat build/crash/log.txt; exit 1; }
+	@sed -n '1p;$$p' build/crash/log.txt; tail -n 2 build/crash/log.txt | head -n 1
+
+$(B)/tests/crash_checkpoint: tests/crash_checkpoint.c tests/rel_trainer.h $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+check-determinism: build/det/rel_hash_omp1 build/det/rel_hash_omp0
+	@ref=$$(./build/det/rel_hash_omp0 | cut -c1-16); echo "  no OpenMP:   $$ref"; \
+	for t in 1 2 3; do h=$$(OMP_NUM_THREADS=$$t OMP_WAIT_POLICY=passive ./build/det/rel_hash_omp1 | cut -c1-16); \
+	  echo "  $$t thread(s): $$h"; [ "$$h" = "$$ref" ] || { echo "  the weights differ"; exit 1; }; done
+
+build/det/rel_hash_omp1: tests/rel_hash.c tests/rel_trainer.h $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(DET_FLAGS) -fopenmp -o $@ $< $(LDLIBS)
+
+build/det/rel_hash_omp0: tests/rel_hash.c tests/rel_trainer.h $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(DET_FLAGS) -o $@ $< $(LDLIBS)
+
+# `make check-m7`: both headers for a Cortex-M7 without file I/O (DTNH_NO_STDIO), strict, and a
+# bare-metal program that trains one step (tests/m7/m7_step.c) linked against newlib.
+M7_CC    ?= arm-none-eabi-gcc
+M7_FLAGS := $(WARN) -Werror -O2 -mcpu=cortex-m7 -mfloat-abi=hard -mfpu=fpv5-d16 -mthumb
+check-m7:
+	@mkdir -p build/m7
+	@printf '#define DTNH_IMPLEMENTATION\n#define DTNH_NO_STDIO\n#include "../../dtnh.h"\n' > build/m7/core.c
+	@printf '#define DTNH_IMPLEMENTATION\n#define DTNH_NO_STDIO\n#include "../../dtnh.h"\n#include "../../dtnh_nn.h"\n' > build/m7/nn.c
+	$(M7_CC) $(M7_FLAGS) -c build/m7/core.c -o build/m7/core.o
+	$(M7_CC) $(M7_FLAGS) -c build/m7/nn.c -o build/m7/nn.o
+	$(M7_CC) $(M7_FLAGS) --specs=nosys.specs tests/m7/m7_step.c -lm -o build/m7/m7_step.elf
+	@if arm-none-eabi-nm -u build/m7/core.o build/m7/nn.o | grep -wE 'fopen|fread|fwrite|fclose|opendir|fsync|rename|remove'; then \
+	  echo "  file I/O left in a DTNH_NO_STDIO build"; exit 1; fi
+	@arm-none-eabi-size build/m7/core.o build/m7/nn.o build/m7/m7_step.elf
+
+# `make check-arm`: the suite and the programs built for aarch64 (the NEON kernels, static,
+# OpenMP) and run under qemu-aarch64; the programs' tests reach them through qemu wrappers.
+# (The linker's warning about dlopen in a static libgomp is harmless: nothing calls it.)
+ARM_CC ?= aarch64-linux-gnu-gcc
+ARM_B  := build/aarch64
+check-arm:
+	@$(MAKE) --no-print-directory CC=$(ARM_CC) ARCH=-march=armv8-a LDLIBS="-lm -static" B=$(ARM_B) OMP=1 \
+	  $(ARM_B)/tests/run $(subst $(B)/,$(ARM_B)/,$(PROGRAMS))
+	@mkdir -p $(ARM_B)/qemu-bin
+	@for p in $(notdir $(PROGRAMS)); do test -x $(ARM_B)/examples/$$p || exit 1; \
+	  printf '#!/bin/sh\nexec qemu-aarch64 "%s" "$$@"\n' "$(CURDIR)/$(ARM_B)/examples/$$p" > $(ARM_B)/qemu-bin/$$p; \
+	  chmod +x $(ARM_B)/qemu-bin/$$p; done
+	DTNH_BIN=$(ARM_B)/qemu-bin OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive qemu-aarch64 $(ARM_B)/tests/run
+
+# `make check-valgrind`: the suite without OpenMP at -O1 under valgrind (AVX2 kernels where the
+# CPU has them: valgrind does not know AVX-512).
+VG_B    := build/valgrind
+VG_ARCH ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "-mavx2 -mfma")
+check-valgrind:
+	@$(MAKE) --no-print-directory OMP=0 OPT="-O1 -g" ARCH="$(VG_ARCH)" B=$(VG_B) $(VG_B)/tests/run $(subst $(B)/,$(VG_B)/,$(PROGRAMS))
+	DTNH_BIN=$(VG_B)/examples valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite $(VG_B)/tests/run
+
+# Everything: `make test`, a longer crash test, the cross builds, valgrind and a short fuzz run.
+check-all: test
+	@$(MAKE) --no-print-directory check-crash
+	@$(MAKE) --no-print-directory check-m7
+	@$(MAKE) --no-print-directory check-arm
+	@$(MAKE) --no-print-directory check-valgrind
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(or $(CHECK_ALL_FUZZ_SECONDS),30)
