@@ -12,7 +12,7 @@
 
 typedef enum cli_kind { CLI_FLAG, CLI_INT, CLI_FLOAT, CLI_STRING, CLI_CHOICE, CLI_INT_LIST } cli_kind;
 
-#define CLI_MAX_LIST 8
+#define CLI_MAX_LIST 64 /* enough for a class subset of a 64-class data set */
 
 typedef struct cli_option {
     const char *name;    /* without the leading "--" */
