@@ -37,13 +37,14 @@ DTNHDEF void dtnh_batchnorm_backward(int n, int c, int hw, const float *x, const
                                      const float *gamma, int batch_stats, float *dx,
                                      float *dgamma, float *dbeta, int accumulate);
 
-/* y = max(0, x); dx = dy where y > 0, else 0 (dx may be dy). */
+/* y = max(0, x), NaN kept (as PyTorch: a fault reaches the loss); dx = dy where y > 0, else 0
+   (dx may be dy). */
 DTNHDEF void dtnh_relu_forward(size_t count, const float *x, float *y);
 DTNHDEF void dtnh_relu_backward(size_t count, const float *y, const float *dy, float *dx);
 
 /* Max pooling with a k x k window, PyTorch's floor mode: oh = (h + 2*pad - k)/stride + 1.
-   Padding counts as -inf. Backward sends each output gradient to the first largest input of
-   its window, as PyTorch does; dx is overwritten. */
+   Padding counts as -inf; a NaN wins its window. Backward sends each output gradient to the
+   first largest input of its window, as PyTorch does; dx is overwritten. */
 DTNHDEF void dtnh_maxpool_forward(int n, int c, int h, int w, int k, int stride, int pad,
                                   const float *x, float *y);
 DTNHDEF void dtnh_maxpool_backward(int n, int c, int h, int w, int k, int stride, int pad,
@@ -231,11 +232,13 @@ typedef struct dtnh_resnet_plan {
 } dtnh_resnet_plan;
 
 /* Sizes for cfg, through the same code that builds and runs (on counting arenas): a build on
-   a persistent arena of `persistent` bytes, then the extra_vectors allocations of
-   dtnh_arena_alloc_floats(trainable_params) each, and steps on a step arena of step_train
-   (or step_infer) bytes cannot run out. The network struct is large (~20 KB): it lives on
-   the stack here. */
-DTNHDEF dtnh_status dtnh_resnet_plan_memory(const dtnh_resnet_config *cfg, int extra_vectors,
+   a persistent arena of `persistent` bytes followed by dtnh_optim_init with optim_vectors
+   state vectors (0: SGD, 1: SGD with momentum or Nesterov, 2: Adam or AdamW;
+   DTNH_PLAN_NO_OPTIMIZER: no dtnh_optim), and steps on a step arena of step_train (or
+   step_infer) bytes, cannot run out. The network struct is large (~20 KB): it lives on the
+   stack here. */
+#define DTNH_PLAN_NO_OPTIMIZER (-1)
+DTNHDEF dtnh_status dtnh_resnet_plan_memory(const dtnh_resnet_config *cfg, int optim_vectors,
                                             dtnh_resnet_plan *plan, dtnh_error *err);
 
 /* Builds the network on the persistent arena and initialises the weights as torchvision does
@@ -284,6 +287,9 @@ DTNHDEF dtnh_status dtnh_resnet_backward(dtnh_resnet *net, const float *dlogits,
 
 /* Index of the hook called name (as configured), or -1. */
 DTNHDEF int dtnh_resnet_hook_index(const dtnh_resnet *net, const char *name);
+/* Hook i's output shape per sample, known from the build (no forward needed). */
+DTNHDEF dtnh_status dtnh_resnet_hook_shape(const dtnh_resnet *net, int hook, int *c, int *h,
+                                           int *w, dtnh_error *err);
 /* Hook i's output of the last forward, [n, C, H, W] (data NULL before any forward). */
 DTNHDEF dtnh_status dtnh_resnet_hook_output(const dtnh_resnet *net, int hook, dtnh_tensor *out,
                                             dtnh_error *err);

@@ -154,7 +154,7 @@ DTNHDEF void dtnh_batchnorm_apply(int n, int c, int hw, const float *x, const fl
         if (relu)
             for (j = 0; j < hw; j++) {
                 float v = xp[j] * alpha + shift;
-                yp[j] = v > 0.0f ? v : 0.0f;
+                yp[j] = v <= 0.0f ? 0.0f : v; /* NaN passes, as in PyTorch */
             }
         else
             for (j = 0; j < hw; j++) yp[j] = xp[j] * alpha + shift;
@@ -198,7 +198,7 @@ DTNHDEF void dtnh_batchnorm_backward(int n, int c, int hw, const float *x, const
 
 DTNHDEF void dtnh_relu_forward(size_t count, const float *x, float *y) {
     size_t i;
-    for (i = 0; i < count; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    for (i = 0; i < count; i++) y[i] = x[i] <= 0.0f ? 0.0f : x[i]; /* NaN passes */
 }
 
 DTNHDEF void dtnh_relu_backward(size_t count, const float *y, const float *dy, float *dx) {
@@ -229,7 +229,7 @@ static long dtnh__maxpool_argmax(const float *xp, int h, int w, int k, int strid
             float v;
             if (ix < 0 || ix >= w) continue;
             v = xp[(size_t)iy * (size_t)w + (size_t)ix];
-            if (v > *best || arg < 0) {
+            if (v > *best || arg < 0 || v != v) { /* NaN wins, as in PyTorch */
                 *best = v;
                 arg = (long)iy * w + ix;
             }
@@ -1101,17 +1101,46 @@ static size_t dtnh__trainable_count(const dtnh_resnet *net) {
     return n;
 }
 
-DTNHDEF dtnh_status dtnh_resnet_plan_memory(const dtnh_resnet_config *cfg, int extra_vectors,
+/* The optimizer's state through dtnh_optim_init itself, on the counting arena: a counting
+   build has no views, so it gets a shadow store whose views say what trains. */
+static dtnh_status dtnh__plan_optimizer(const dtnh_resnet *net, int vectors, dtnh_arena *a,
+                                        dtnh_error *err) {
+    dtnh_param_view views[DTNH__RESNET_VIEWS];
+    dtnh_params shadow = net->params;
+    dtnh_optim_config oc;
+    dtnh_optim o;
+    int i;
+    memset(views, 0, sizeof views);
+    memset(&oc, 0, sizeof oc);
+    for (i = 0; i < net->node_count; i++) {
+        const dtnh__rnode *nd = &net->nodes[i];
+        if (nd->wview < 0) continue;
+        views[nd->wview].count = nd->wcount;
+        views[nd->wview].offset = nd->woff;
+        views[nd->wview].trainable = nd->train_w;
+        if (!nd->bcount) continue;
+        views[nd->wview + 1].count = nd->bcount;
+        views[nd->wview + 1].offset = nd->boff;
+        views[nd->wview + 1].trainable = nd->train_b;
+    }
+    shadow.views = views;
+    oc.kind = vectors == 2 ? DTNH_OPTIM_ADAM : DTNH_OPTIM_SGD;
+    oc.momentum = vectors == 1 ? 0.9 : 0.0;
+    return dtnh_optim_init(&o, &oc, &shadow, a, err);
+}
+
+DTNHDEF dtnh_status dtnh_resnet_plan_memory(const dtnh_resnet_config *cfg, int optim_vectors,
                                             dtnh_resnet_plan *plan, dtnh_error *err) {
     dtnh_resnet net;
     dtnh_arena pa, sa;
     dtnh_tensor x, logits;
     dtnh_status s;
     size_t mark;
-    int shape[4], i;
-    if (!plan || extra_vectors < 0)
-        return dtnh_fail(err, DTNH_ERR_ARG, "resnet_plan_memory: NULL plan or extra_vectors %d < 0",
-                         extra_vectors);
+    int shape[4];
+    if (!plan || optim_vectors < DTNH_PLAN_NO_OPTIMIZER || optim_vectors > 2)
+        return dtnh_fail(err, DTNH_ERR_ARG,
+                         "resnet_plan_memory: NULL plan or optim_vectors %d, expected -1..2",
+                         optim_vectors);
     memset(plan, 0, sizeof *plan);
     dtnh_arena_init(&pa, NULL, 0);
     if ((s = dtnh_resnet_init(&net, cfg, &pa, err))) return s;
@@ -1123,10 +1152,7 @@ DTNHDEF dtnh_status dtnh_resnet_plan_memory(const dtnh_resnet_config *cfg, int e
     plan->params = net.params.total;
     plan->trainable_params = dtnh__trainable_count(&net);
     mark = dtnh_arena_used(&pa);
-    for (i = 0; i < extra_vectors; i++) {
-        float *unused;
-        if ((s = dtnh_arena_alloc_floats(&pa, plan->trainable_params, &unused, err))) return s;
-    }
+    if (optim_vectors >= 0 && (s = dtnh__plan_optimizer(&net, optim_vectors, &pa, err))) return s;
     plan->optimizer_state = dtnh_arena_used(&pa) - mark;
     plan->persistent = dtnh_arena_used(&pa);
     shape[0] = net.cfg.max_batch;
@@ -1220,8 +1246,23 @@ static void dtnh__node_geom(const dtnh_resnet *net, const dtnh__rnode *nd, int n
     g->ow = y->w;
 }
 
+/* The linear layer goes through the packed GEMM when it is big enough to pay for the
+   packing buffers (ImageNet's 1000 classes); a small head runs dtnh_sgemm's plain loops, so
+   a small network's step arena holds no GEMM-sized workspace. */
+#define DTNH__LINEAR_PACKED_MACS (1u << 20)
+
+static int dtnh__linear_packed(const dtnh_resnet *net, int n) {
+    const dtnh__rnode *fc = &net->nodes[net->node_count - 1];
+    return (double)n * (double)fc->c_out * (double)dtnh__value_floats(&net->values[fc->in[0]]) >=
+           (double)DTNH__LINEAR_PACKED_MACS;
+}
+
+static const dtnh_work *dtnh__linear_work(const dtnh_resnet *net) {
+    return net->work.bytes >= dtnh_gemm_work_bytes(net->work.threads) ? &net->work : NULL;
+}
+
 static size_t dtnh__work_bytes(const dtnh_resnet *net, int n) {
-    size_t most = dtnh_gemm_work_bytes(net->cfg.threads);
+    size_t most = dtnh__linear_packed(net, n) ? dtnh_gemm_work_bytes(net->cfg.threads) : 0;
     int i;
     for (i = 0; i < net->node_count; i++)
         if (net->nodes[i].kind == DTNH__NODE_CONV) {
@@ -1259,7 +1300,7 @@ static void dtnh__add_relu(size_t count, const float *a, const float *b, float *
     DTNH__OMP(parallel for schedule(static) if (count > DTNH__PAR_MIN))
     for (i = 0; i < n; i++) {
         float v = a[i] + b[i];
-        y[i] = v > 0.0f ? v : 0.0f;
+        y[i] = v <= 0.0f ? 0.0f : v; /* NaN passes */
     }
 }
 
@@ -1286,7 +1327,7 @@ static void dtnh__node_forward(dtnh__run *r, const dtnh__rnode *nd) {
     case DTNH__NODE_AVGPOOL: dtnh_avgpool_forward(r->n, xv->c, xv->h * xv->w, x, y); break;
     case DTNH__NODE_LINEAR:
         dtnh_linear_forward(r->n, (int)dtnh__value_floats(xv), nd->c_out, x, W + nd->woff,
-                            W + nd->boff, y, &net->work);
+                            W + nd->boff, y, dtnh__linear_work(net));
         break;
     case DTNH__NODE_ADD:
         dtnh__add_relu(dtnh__vcount(r, nd->out), x, dtnh__vin(r, nd->in[1]), y);
@@ -1497,11 +1538,12 @@ static void dtnh__node_backward(dtnh__run *r, const dtnh__rnode *nd) {
             dtnh_linear_backward_weights(r->n, (int)dtnh__value_floats(xv), nd->c_out,
                                          nd->train_w ? dtnh__vin(r, u) : NULL, dy,
                                          nd->train_w ? r->pgrad + nd->woff : NULL,
-                                         nd->train_b ? r->pgrad + nd->boff : NULL, 1, &net->work);
+                                         nd->train_b ? r->pgrad + nd->boff : NULL, 1,
+                                         dtnh__linear_work(net));
         if (dx)
             dtnh_linear_backward_data(r->n, (int)dtnh__value_floats(xv), nd->c_out, dy,
                                       net->weights + nd->woff, dtnh__vgrad(r, u), r->ginit[u],
-                                      &net->work);
+                                      dtnh__linear_work(net));
         break;
     default: DTNH_ASSERT(0);
     }
@@ -1565,6 +1607,20 @@ DTNHDEF int dtnh_resnet_hook_index(const dtnh_resnet *net, const char *name) {
     for (h = 0; h < net->cfg.hook_count; h++)
         if (strcmp(net->hook_name[h], name) == 0) return h;
     return -1;
+}
+
+DTNHDEF dtnh_status dtnh_resnet_hook_shape(const dtnh_resnet *net, int hook, int *c, int *h,
+                                           int *w, dtnh_error *err) {
+    const dtnh__rvalue *v;
+    if (!net || !c || !h || !w) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_hook_shape: NULL argument");
+    if (hook < 0 || hook >= net->cfg.hook_count)
+        return dtnh_fail(err, DTNH_ERR_ARG, "resnet_hook_shape: hook %d, expected 0..%d", hook,
+                         net->cfg.hook_count - 1);
+    v = &net->values[net->hook_value[hook]];
+    *c = v->c;
+    *h = v->h;
+    *w = v->w;
+    return DTNH_OK;
 }
 
 DTNHDEF dtnh_status dtnh_resnet_hook_output(const dtnh_resnet *net, int hook, dtnh_tensor *out,

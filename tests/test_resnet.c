@@ -120,7 +120,9 @@ static void plan_check(const dtnh_resnet_config *cfg) {
     unsigned char *praw, *sraw, *p, *s;
     dtnh_arena pa, sa;
     dtnh_error err;
-    float *extra, *dl;
+    float *dl;
+    dtnh_optim opt;
+    dtnh_optim_config oc;
     int shape[4];
     dtnh_resnet_config d = dtnh_resnet_config_def(cfg);
     CHECK_OK(dtnh_resnet_plan_memory(cfg, 1, &plan, &err));
@@ -133,8 +135,11 @@ static void plan_check(const dtnh_resnet_config *cfg) {
     CHECK_STATUS(dtnh_resnet_init(&net, cfg, &pa, &err), DTNH_ERR_NOMEM);
     dtnh_arena_init(&pa, p, plan.persistent);
     CHECK_OK(dtnh_resnet_init(&net, cfg, &pa, &err));
-    CHECK_OK(dtnh_arena_alloc_floats(&pa, plan.trainable_params, &extra, &err));
+    memset(&oc, 0, sizeof oc);
+    oc.momentum = 0.9;
+    CHECK_OK(dtnh_optim_init(&opt, &oc, &net.params, &pa, &err));
     CHECK(dtnh_arena_used(&pa) == plan.persistent);
+    CHECK(opt.state_count == plan.trainable_params);
     shape[0] = d.max_batch;
     shape[1] = d.in_channels;
     shape[2] = d.height;
@@ -191,7 +196,7 @@ static void plan_splits_the_persistent_memory_by_role(void) {
     dtnh_resnet_config c = small_config(DTNH_STEM_CIFAR, 16, 8, 2);
     dtnh_resnet_plan p1, p4;
     size_t vec;
-    CHECK_OK(dtnh_resnet_plan_memory(&c, 0, &p1, NULL));
+    CHECK_OK(dtnh_resnet_plan_memory(&c, 0, &p1, NULL)); /* plain SGD: its slots only */
     c.roles = DTNH_ROLE_W | DTNH_ROLE_W_SRC | DTNH_ROLE_G_J | DTNH_ROLE_G_OMEGA;
     CHECK_OK(dtnh_resnet_plan_memory(&c, 2, &p4, NULL));
     vec = p1.params * sizeof(float); /* each vector, plus up to 63 bytes of alignment */
@@ -199,8 +204,9 @@ static void plan_splits_the_persistent_memory_by_role(void) {
     CHECK(p1.gradients >= vec && p1.gradients < vec + 64);
     CHECK(p4.gradients >= 2 * vec && p4.gradients < 2 * vec + 128);
     CHECK(p4.source_copy >= vec && p4.source_copy < vec + 64);
-    CHECK(p4.optimizer_state >= 2 * vec && p4.optimizer_state < 2 * vec + 128);
-    CHECK(p1.optimizer_state == 0);
+    CHECK(p4.optimizer_state >= 2 * vec + 62 * sizeof(dtnh_optim_slot) &&
+          p4.optimizer_state < 2 * vec + 62 * sizeof(dtnh_optim_slot) + 192);
+    CHECK(p1.optimizer_state > 0 && p1.optimizer_state < 62 * sizeof(dtnh_optim_slot) + 64);
     CHECK(p1.params == p1.trainable_params);
     /* 2 BN buffers of C floats and one int64 per BN, 20 BNs: sum of C = 15 * width + ... */
     CHECK(p1.buffers >= 2 * sizeof(float) * 20 * 16);
@@ -775,7 +781,10 @@ static void bad_configurations_are_refused(void) {
     c.hook_count = 9;
     CHECK_STATUS(dtnh_resnet_plan_memory(&c, 0, &p, &err), DTNH_ERR_ARG);
     c = small_config(DTNH_STEM_CIFAR, 4, 8, 1);
-    CHECK_STATUS(dtnh_resnet_plan_memory(&c, -1, &p, &err), DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_resnet_plan_memory(&c, -2, &p, &err), DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_resnet_plan_memory(&c, 3, &p, &err), DTNH_ERR_ARG);
+    CHECK_OK(dtnh_resnet_plan_memory(&c, DTNH_PLAN_NO_OPTIMIZER, &p, &err));
+    CHECK(p.optimizer_state == 0);
     CHECK_STATUS(dtnh_resnet_init(NULL, &c, NULL, &err), DTNH_ERR_ARG);
 }
 
@@ -839,6 +848,42 @@ static void batch_statistics_need_two_values_per_channel(void) {
     case_close(&c);
 }
 
+/* A NaN or Inf in the input reaches the logits (ReLU keeps NaN, as PyTorch), where the loss
+   refuses it, instead of vanishing into finite logits. */
+static void a_non_finite_input_reaches_the_loss(void) {
+    static net_case c;
+    dtnh_resnet_config cfg = small_config(DTNH_STEM_IMAGENET, 4, 32, 2);
+    dtnh_tensor logits;
+    double loss;
+    CHECK_OK(case_open(&c, &cfg));
+    c.x[5] = INFINITY;
+    CHECK_OK(dtnh_resnet_forward(&c.net, &c.input, &c.sa, &logits, NULL));
+    CHECK(!dtnh_all_finite(5, logits.data, NULL));
+    CHECK_STATUS(dtnh_softmax_cross_entropy(2, 5, logits.data, c.labels, NULL, &loss, NULL),
+                 DTNH_ERR_NUMERIC);
+    c.x[5] = NAN;
+    dtnh_arena_reset(&c.sa, 0);
+    CHECK_OK(dtnh_resnet_infer(&c.net, &c.input, &c.sa, &logits, NULL));
+    CHECK(!dtnh_all_finite(5, logits.data, NULL));
+    case_close(&c);
+}
+
+static void hook_shapes_are_known_before_any_forward(void) {
+    static net_case c;
+    dtnh_resnet_config cfg = small_config(DTNH_STEM_CIFAR, 8, 16, 2);
+    int ch, h, w;
+    cfg.hooks[0] = "layer3.0.bn2";
+    cfg.hooks[1] = "avgpool";
+    cfg.hook_count = 2;
+    CHECK_OK(case_open(&c, &cfg));
+    CHECK_OK(dtnh_resnet_hook_shape(&c.net, 0, &ch, &h, &w, NULL));
+    CHECK(ch == 32 && h == 4 && w == 4);
+    CHECK_OK(dtnh_resnet_hook_shape(&c.net, 1, &ch, &h, &w, NULL));
+    CHECK(ch == 64 && h == 1 && w == 1);
+    CHECK_STATUS(dtnh_resnet_hook_shape(&c.net, 2, &ch, &h, &w, NULL), DTNH_ERR_ARG);
+    case_close(&c);
+}
+
 void suite_resnet(void) {
     RUN(plan_is_exact_for_the_cifar_stem);
     RUN(plan_is_exact_for_the_imagenet_stem_with_hooks);
@@ -866,4 +911,6 @@ void suite_resnet(void) {
     RUN(forward_refuses_wrong_inputs);
     RUN(training_an_inference_only_network_is_refused);
     RUN(batch_statistics_need_two_values_per_channel);
+    RUN(a_non_finite_input_reaches_the_loss);
+    RUN(hook_shapes_are_known_before_any_forward);
 }
