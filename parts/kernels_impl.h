@@ -448,51 +448,6 @@ static dtnh__view dtnh__view_folded(int kind, const float *p, int ch, int plane)
     return v;
 }
 
-/* ---- im2col runs ------------------------------------------------------------------------ */
-
-/* Writes rows [row0, row0 + nrows) of the im2col matrix of image img, for the output pixels
-   (oy, ox0 .. ox0 + len - 1), to dst + r * dst_stride. Rows are (c, i, j) in order. */
-static void dtnh__im2col_run(const dtnh_conv_geom *g, const float *x, int img, int oy, int ox0,
-                             int len, int row0, int nrows, float *dst, size_t dst_stride) {
-    int kk = g->kh * g->kw, s = g->stride;
-    int c = row0 / kk, i = row0 % kk / g->kw, j = row0 % g->kw, r;
-    int iy0 = oy * s - g->pad, ix00 = ox0 * s - g->pad;
-    const float *ximg = x + (size_t)img * (size_t)g->c_in * (size_t)g->h * (size_t)g->w;
-    for (r = 0; r < nrows; r++, dst += dst_stride) {
-        int iy = iy0 + i, ix0 = ix00 + j, lo, hi, t;
-        if (iy < 0 || iy >= g->h) {
-            dtnh__vzero(dst, len);
-        } else {
-            const float *src = ximg + ((size_t)c * (size_t)g->h + (size_t)iy) * (size_t)g->w;
-            /* output t reads ix0 + t*s: valid for lo <= t < hi (no division for strides 1, 2) */
-            if (s == 1) {
-                lo = ix0 < 0 ? -ix0 : 0;
-                hi = g->w - ix0;
-            } else if (s == 2) {
-                lo = ix0 < 0 ? (1 - ix0) >> 1 : 0;
-                hi = g->w - ix0 > 0 ? (g->w - ix0 + 1) >> 1 : 0;
-            } else {
-                lo = ix0 < 0 ? (-ix0 + s - 1) / s : 0;
-                hi = g->w - ix0 > 0 ? (g->w - ix0 + s - 1) / s : 0;
-            }
-            if (lo > len) lo = len;
-            if (hi > len) hi = len;
-            if (hi < lo) hi = lo;
-            if (s == 1) {
-                dtnh__copy_padded(dst, len, lo, hi, src + ix0 + lo);
-            } else { /* (an AVX-512 gather of even lanes measured slower than this loop) */
-                dtnh__vzero(dst, lo);
-                for (t = lo; t < hi; t++) dst[t] = src[ix0 + t * s];
-                dtnh__vzero(dst + hi, len - hi);
-            }
-        }
-        if (++j == g->kw) {
-            j = 0;
-            if (++i == g->kh) i = 0, c++;
-        }
-    }
-}
-
 /* Walks columns [col, end) of a conv matrix in runs that stay inside one output row and, when
    split is not 0, inside one split-wide group (a B sliver). */
 typedef struct dtnh__runs {
@@ -530,7 +485,99 @@ static void dtnh__runs_advance(dtnh__runs *w) {
     }
 }
 
+/* ---- im2col runs ------------------------------------------------------------------------ */
+
+/* Writes rows [row0, row0 + nrows) of the im2col matrix of image img, for the output pixels
+   (oy, ox0 .. ox0 + len - 1), to dst + r * dst_stride. Rows are (c, i, j) in order. */
+#if defined(DTNH__AVX512)
+/* Stride 1, at most 16 outputs: the load mask of each kernel column j is fixed for the run,
+   so a row is one masked load and one masked store. The hot path of conv packing. */
+static void dtnh__im2col_run16(const dtnh_conv_geom *g, const float *ximg, int oy, int ox0,
+                               int len, int row0, int nrows, float *dst, size_t dst_stride,
+                               int room) {
+    __mmask16 jmask[16], store = (__mmask16)((1u << len) - 1u);
+    int kk = g->kh * g->kw, c = row0 / kk, i = row0 % kk / g->kw, j = row0 % g->kw, r, q;
+    int iy0 = oy - g->pad, ix00 = ox0 - g->pad;
+    size_t plane = (size_t)g->h * (size_t)g->w;
+    for (q = 0; q < g->kw; q++) { /* output t reads ix00 + q + t: valid for lo <= t < hi */
+        int ix0 = ix00 + q, lo = ix0 < 0 ? -ix0 : 0, hi = dtnh__kmin(len, g->w - ix0);
+        jmask[q] = hi > lo ? (__mmask16)(((1u << (hi - lo)) - 1u) << lo) : (__mmask16)0;
+    }
+    for (r = 0; r < nrows; r++, dst += dst_stride) {
+        int iy = iy0 + i;
+        __m512 v = _mm512_setzero_ps();
+        if (iy >= 0 && iy < g->h && jmask[j])
+            v = _mm512_maskz_loadu_ps(jmask[j], dtnh__floats_before(ximg + (size_t)c * plane + (size_t)iy * g->w,
+                                                                   -(ix00 + j)));
+        if (room >= 16) _mm512_storeu_ps(dst, v); /* what spills is overwritten by later runs */
+        else _mm512_mask_storeu_ps(dst, store, v);
+        if (++j == g->kw) {
+            j = 0;
+            if (++i == g->kh) i = 0, c++;
+        }
+    }
+}
+#endif
+
+/* Rows [row0, row0 + nrows) of the im2col matrix for the output pixels of run w, to dst + r *
+   dst_stride. Each row of dst has room floats from dst on that runs to its right will fill
+   later (masked stores are slow; a full vector store is fine where the spill is rewritten). */
+static void dtnh__im2col_run(const dtnh_conv_geom *g, const float *x, const dtnh__runs *w,
+                             int row0, int nrows, float *dst, size_t dst_stride, int room) {
+    int img = w->img, oy = w->oy, ox0 = w->ox, len = w->len;
+    int kk = g->kh * g->kw, s = g->stride;
+    int c = row0 / kk, i = row0 % kk / g->kw, j = row0 % g->kw, r;
+    int iy0 = oy * s - g->pad, ix00 = ox0 * s - g->pad;
+    const float *ximg = x + (size_t)img * (size_t)g->c_in * (size_t)g->h * (size_t)g->w;
+#if defined(DTNH__AVX512)
+    if (s == 1 && len <= 16 && g->kw <= 16) {
+        dtnh__im2col_run16(g, ximg, oy, ox0, len, row0, nrows, dst, dst_stride, room);
+        return;
+    }
+#endif
+    (void)room;
+    for (r = 0; r < nrows; r++, dst += dst_stride) {
+        int iy = iy0 + i, ix0 = ix00 + j, lo, hi, t;
+        if (iy < 0 || iy >= g->h) {
+            dtnh__vzero(dst, len);
+        } else {
+            const float *src = ximg + ((size_t)c * (size_t)g->h + (size_t)iy) * (size_t)g->w;
+            /* output t reads ix0 + t*s: valid for lo <= t < hi (no division for strides 1, 2) */
+            if (s == 1) {
+                lo = ix0 < 0 ? -ix0 : 0;
+                hi = g->w - ix0;
+            } else if (s == 2) {
+                lo = ix0 < 0 ? (1 - ix0) >> 1 : 0;
+                hi = g->w - ix0 > 0 ? (g->w - ix0 + 1) >> 1 : 0;
+            } else {
+                lo = ix0 < 0 ? (-ix0 + s - 1) / s : 0;
+                hi = g->w - ix0 > 0 ? (g->w - ix0 + s - 1) / s : 0;
+            }
+            if (lo > len) lo = len;
+            if (hi > len) hi = len;
+            if (hi < lo) hi = lo;
+            if (s == 1) {
+                dtnh__copy_padded(dst, len, lo, hi, src + ix0 + lo);
+            } else { /* (an AVX-512 gather of even lanes measured slower than this loop) */
+                dtnh__vzero(dst, lo);
+                for (t = lo; t < hi; t++) dst[t] = src[ix0 + t * s];
+                dtnh__vzero(dst + hi, len - hi);
+            }
+        }
+        if (++j == g->kw) {
+            j = 0;
+            if (++i == g->kh) i = 0, c++;
+        }
+    }
+}
+
 /* ---- packing ------------------------------------------------------------------------------- */
+
+/* Packed panels and slivers sit 16 floats (one cache line) further apart than their size:
+   with kc a multiple of 64 their starts would otherwise share L1 sets, and packing, which
+   writes to all of them in turn, would evict itself. */
+static size_t dtnh__panel_stride(int kc) { return (size_t)DTNH__MR * (size_t)kc + 16; }
+static size_t dtnh__sliver_stride(int kc) { return (size_t)kc * DTNH__NR + 16; }
 
 /* A transposed A packs by columns (element (r, k) at k*MR + r), a copy: eight stored rows at
    a time across all panels, so the source is read as eight forward streams. */
@@ -541,7 +588,7 @@ static void dtnh__pack_a_cols(const dtnh__view *v, int m0, int mc, int k0, int k
         const float *src = v->p + (size_t)(k0 + k8) * v->ld + m0;
         for (p = 0; p < mc; p += DTNH__MR) {
             int mr = dtnh__kmin(DTNH__MR, mc - p);
-            float *d = dst + (size_t)p * kc + (size_t)k8 * DTNH__MR;
+            float *d = dst + (size_t)(p / DTNH__MR) * dtnh__panel_stride(kc) + (size_t)k8 * DTNH__MR;
             for (i = 0; i < rows; i++, d += DTNH__MR) {
                 const float *s = src + (size_t)i * v->ld + p;
                 if (p % 16 == 0) DTNH__PREFETCH(s + 8 * v->ld); /* the next eight rows */
@@ -560,7 +607,7 @@ static void dtnh__pack_a(const dtnh__gemm *G, int m0, int mc, int k0, int kc, fl
         dtnh__pack_a_cols(v, m0, mc, k0, kc, dst);
         return;
     }
-    for (p = 0; p < mc; p += DTNH__MR, dst += DTNH__MR * kc) {
+    for (p = 0; p < mc; p += DTNH__MR, dst += dtnh__panel_stride(kc)) {
         int mr = dtnh__kmin(DTNH__MR, mc - p), m = m0 + p;
         if (v->kind == DTNH__ROWS) {
             for (r = 0; r < mr; r++) dtnh__vcopy(dst + r * kc, v->p + (size_t)(m + r) * v->ld + k0, kc);
@@ -568,8 +615,7 @@ static void dtnh__pack_a(const dtnh__gemm *G, int m0, int mc, int k0, int kc, fl
             dtnh__runs w;
             dtnh__runs_start(&w, v->g.ow, v->g.oh * v->g.ow, k0, k0 + kc, 0);
             for (; dtnh__runs_next(&w, k0); dtnh__runs_advance(&w))
-                dtnh__im2col_run(&v->g, v->p, w.img, w.oy, w.ox, w.len, m, mr, dst + (w.col - k0),
-                                 (size_t)kc);
+                dtnh__im2col_run(&v->g, v->p, &w, m, mr, dst + (w.col - k0), (size_t)kc, k0 + kc - w.col);
         } else { /* FLIPPED: row c_in m+r, column (co, t): flipping i and j reverses t */
             const dtnh_conv_geom *g = &v->g;
             int kk = g->kh * g->kw;
@@ -621,7 +667,7 @@ static void dtnh__pack_b(const dtnh__gemm *G, int k0, int kc, int n0, int nc, fl
             int rows = dtnh__kmin(8, kc - k8);
             const float *src = v->p + (size_t)(k0 + k8) * v->ld + n0;
             float *d = dst + (size_t)k8 * DTNH__NR;
-            for (s = 0; s < full; s += DTNH__NR, d += (size_t)kc * DTNH__NR)
+            for (s = 0; s < full; s += DTNH__NR, d += dtnh__sliver_stride(kc))
                 for (i = 0; i < rows; i++) { /* and fetch the next eight rows' piece */
                     DTNH__PREFETCH(src + (size_t)(i + 8) * v->ld + s);
                     DTNH__PREFETCH(src + (size_t)(i + 8) * v->ld + s + DTNH__NR - 1);
@@ -638,13 +684,13 @@ static void dtnh__pack_b(const dtnh__gemm *G, int k0, int kc, int n0, int nc, fl
             dtnh__runs_start(&w, v->g.ow, v->g.oh * v->g.ow, n0, n0 + nc, DTNH__NR);
             for (; dtnh__runs_next(&w, n0); dtnh__runs_advance(&w)) {
                 int rel = w.col - n0;
-                dtnh__im2col_run(&v->g, v->p, w.img, w.oy, w.ox, w.len, k0 + k8, dtnh__kmin(8, kc - k8),
-                                 dst + ((size_t)(rel / DTNH__NR) * kc + (size_t)k8) * DTNH__NR + rel % DTNH__NR,
-                                 DTNH__NR);
+                dtnh__im2col_run(&v->g, v->p, &w, k0 + k8, dtnh__kmin(8, kc - k8),
+                                 dst + (size_t)(rel / DTNH__NR) * dtnh__sliver_stride(kc) + (size_t)k8 * DTNH__NR + rel % DTNH__NR,
+                                 DTNH__NR, DTNH__NR - rel % DTNH__NR);
             }
         }
     }
-    for (s = 0; s < nc; s += DTNH__NR, dst += (size_t)kc * DTNH__NR) {
+    for (s = 0; s < nc; s += DTNH__NR, dst += dtnh__sliver_stride(kc)) {
         int nr = dtnh__kmin(DTNH__NR, nc - s), n = n0 + s;
         if (v->kind == DTNH__ROWS) {
             if (nr < DTNH__NR) /* full slivers were packed above */
@@ -752,8 +798,8 @@ static void dtnh__plan_make(int M, int N, int K, size_t extra_floats, dtnh__plan
     p->mc = dtnh__kmin(DTNH__MC / DTNH__MR * DTNH__MR, dtnh__kround_up(M, DTNH__MR));
     p->nc = dtnh__kmin(DTNH__NC / DTNH__NR * DTNH__NR, dtnh__kround_up(N, DTNH__NR));
     /* 16-float multiples keep every buffer 64-byte aligned */
-    p->a_floats = ((size_t)p->mc * (size_t)p->kc + 15) / 16 * 16;
-    p->b_floats = ((size_t)p->kc * (size_t)p->nc + 15) / 16 * 16;
+    p->a_floats = (size_t)(p->mc / DTNH__MR) * ((dtnh__panel_stride(p->kc) + 15) / 16 * 16);
+    p->b_floats = (size_t)(p->nc / DTNH__NR) * ((dtnh__sliver_stride(p->kc) + 15) / 16 * 16);
     p->extra_floats = extra_floats;
     p->thread_bytes = ((p->a_floats + p->b_floats + extra_floats) * sizeof(float) + 63) / 64 * 64;
 }
@@ -805,12 +851,12 @@ static void dtnh__macro(const dtnh__gemm *G, int kc, const float *abuf, int ic, 
     if (G->c.kind == DTNH__COLS) {
         for (jr = 0; jr < nc; jr += DTNH__NR)
             for (ir = 0; ir < mc; ir += DTNH__MR)
-                dtnh__tile(G, kc, abuf + (size_t)ir * kc, bbuf + (size_t)jr * kc, ic + ir,
+                dtnh__tile(G, kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), bbuf + (size_t)(jr / DTNH__NR) * dtnh__sliver_stride(kc), ic + ir,
                            dtnh__kmin(DTNH__MR, mc - ir), jc + jr, dtnh__kmin(DTNH__NR, nc - jr), first);
     } else {
         for (ir = 0; ir < mc; ir += DTNH__MR)
             for (jr = 0; jr < nc; jr += DTNH__NR)
-                dtnh__tile(G, kc, abuf + (size_t)ir * kc, bbuf + (size_t)jr * kc, ic + ir,
+                dtnh__tile(G, kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), bbuf + (size_t)(jr / DTNH__NR) * dtnh__sliver_stride(kc), ic + ir,
                            dtnh__kmin(DTNH__MR, mc - ir), jc + jr, dtnh__kmin(DTNH__NR, nc - jr), first);
     }
 }
@@ -1285,8 +1331,8 @@ DTNHDEF void dtnh_im2col(const dtnh_conv_geom *g, const float *x_image, float *c
     dtnh__runs w;
     dtnh__runs_start(&w, g->ow, ohw, 0, ohw, 0);
     for (; dtnh__runs_next(&w, 0); dtnh__runs_advance(&w))
-        dtnh__im2col_run(g, x_image, 0, w.oy, w.ox, w.len, 0, g->c_in * g->kh * g->kw,
-                         col + w.col, (size_t)ohw);
+        dtnh__im2col_run(g, x_image, &w, 0, g->c_in * g->kh * g->kw, col + w.col, (size_t)ohw,
+                         w.len); /* the caller's matrix: no room past the run */
 }
 
 DTNHDEF void dtnh_col2im(const dtnh_conv_geom *g, const float *col, float *x_image) {
