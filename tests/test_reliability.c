@@ -133,7 +133,9 @@ static int rel_sweep_run(rel_sweep *s, size_t stride) {
 /* ---- a training step on caller memory ------------------------------------------------------------ */
 
 typedef struct rel_net {
+    int fmap; /* 1: DTNH(feature maps) on layer1..layer4 instead of DTNH(L2-SP) */
     dtnh_resnet net;
+    dtnh_fmap_reg reg;
     dtnh_optim opt;
     float x[REL_BATCH * 3 * REL_HW * REL_HW];
     int labels[REL_BATCH];
@@ -141,15 +143,29 @@ typedef struct rel_net {
     double loss;
 } rel_net;
 
-/* The build: network then optimizer state, all from the persistent arena. */
+static dtnh_resnet_config rel_net_config(const rel_net *r) {
+    static const char *const hooks[4] = {"layer1", "layer2", "layer3", "layer4"};
+    dtnh_resnet_config c = rel_config();
+    int k;
+    if (r->fmap) {
+        c.roles |= DTNH_ROLE_G_OMEGA;
+        c.hook_count = 4;
+        for (k = 0; k < 4; k++) c.hooks[k] = hooks[k];
+    }
+    return c;
+}
+
+/* The build: network, the regularizer's source copy (feature maps), optimizer state, all from
+   the persistent arena. */
 static dtnh_status rel_build(void *ctx, dtnh_arena *a) {
     rel_net *r = (rel_net *)ctx;
-    dtnh_resnet_config c = rel_config();
+    dtnh_resnet_config c = rel_net_config(r);
     dtnh_optim_config oc = rel_optim_config();
     dtnh_status s;
     if ((s = dtnh_resnet_init(&r->net, &c, a, NULL))) return s;
     if (!dtnh_arena_is_counting(a))
         dtnh_copy(r->net.params.total, r->net.params.w, r->net.params.w_src);
+    if (r->fmap && (s = dtnh_fmap_reg_init(&r->reg, NULL, &r->net, NULL, a, NULL))) return s;
     return dtnh_optim_init(&r->opt, &oc, &r->net.params, a, NULL);
 }
 
@@ -162,19 +178,24 @@ static void rel_inputs(rel_net *r, uint64_t seed) {
     dtnh_tensor_view(&r->input, r->x, 4, shape, NULL);
 }
 
-/* One DTNH(L2-SP) step: forward, loss, backward into g_J, the fused direction and update. */
+/* One step: forward, loss, backward into g_J, then DTNH(L2-SP) fused, or the feature-map
+   regularizer's source forward and backward into g_Omega and the DTNH step. */
 static dtnh_status rel_step(void *ctx, dtnh_arena *step) {
     rel_net *r = (rel_net *)ctx;
+    dtnh_params *p = &r->net.params;
     dtnh_tensor logits;
     float dlogits[REL_BATCH * REL_CLASSES];
     dtnh_status s;
     if ((s = dtnh_resnet_forward(&r->net, &r->input, step, &logits, NULL))) return s;
-    if (dtnh_arena_is_counting(step)) return DTNH_OK;
+    if (dtnh_arena_is_counting(step))
+        return r->fmap ? dtnh_fmap_reg_compute(&r->reg, &r->input, step, NULL, NULL, 0, NULL, NULL) : DTNH_OK;
     if ((s = dtnh_softmax_cross_entropy(REL_BATCH, REL_CLASSES, logits.data, r->labels, dlogits,
                                         &r->loss, NULL)) ||
         (s = dtnh_resnet_backward(&r->net, dlogits, NULL, NULL, 0, NULL)))
         return s;
-    return dtnh_step_l2sp(&r->opt, NULL, NULL, &r->net.params, r->net.params.g_j, NULL, NULL);
+    if (!r->fmap) return dtnh_step_l2sp(&r->opt, NULL, NULL, p, p->g_j, NULL, NULL);
+    if ((s = dtnh_fmap_reg_compute(&r->reg, &r->input, step, NULL, p->g_omega, 0, NULL, NULL))) return s;
+    return dtnh_step(&r->opt, NULL, p, p->g_j, p->g_omega, NULL, NULL);
 }
 
 /* A network built on its own exactly-sized persistent block (raw: to free). */
@@ -204,12 +225,14 @@ static size_t rel_step_bytes(rel_net *r) {
 
 /* The build needs what the plan says (network plus one optimizer vector), and every smaller
    persistent arena fails cleanly. */
-static void every_persistent_arena_size_fails_cleanly_or_builds(void) {
+static void rel_persistent_sweep(int fmap) {
     static rel_net r;
-    dtnh_resnet_config c = rel_config();
+    dtnh_resnet_config c;
     dtnh_resnet_plan plan;
     dtnh_arena counter;
     rel_sweep s;
+    r.fmap = fmap;
+    c = rel_net_config(&r);
     CHECK_OK(dtnh_resnet_plan_memory(&c, 1, &plan, NULL));
     dtnh_arena_init(&counter, NULL, 0);
     CHECK_OK(rel_build(&r, &counter));
@@ -217,31 +240,33 @@ static void every_persistent_arena_size_fails_cleanly_or_builds(void) {
     s.run = rel_build;
     s.ctx = &r;
     s.total = dtnh_arena_used(&counter);
-    CHECK_MSG(s.total <= plan.persistent + 4096, "the build takes %zu bytes, the plan says %zu",
-              s.total, plan.persistent);
+    CHECK_MSG(s.total <= plan.persistent + 4096 + (fmap ? plan.persistent : 0),
+              "the build takes %zu bytes, the plan says %zu", s.total, plan.persistent);
     CHECK_MSG(rel_sweep_run(&s, 4093), "capacity %zu of %zu: status %d (%s), or a guard byte changed",
               s.bad_capacity, s.total, (int)s.bad_status, dtnh_status_str(s.bad_status));
     if (getenv("DTNH_TEST_VERBOSE")) printf("    persistent: %zu bytes, %ld steps, %ld runs\n", s.total, s.steps, s.runs);
     CHECK(s.steps >= 8);
 }
 
-/* The step needs exactly plan.step_train, and every smaller step arena fails cleanly before
-   anything changes: the weights are those of before the failed step. */
-static void every_step_arena_size_fails_cleanly_or_steps(void) {
+/* The step needs exactly plan.step_train (the feature-map regularizer more), and every smaller
+   step arena fails cleanly before anything changes: the weights are those of before. */
+static void rel_step_sweep(int fmap) {
     static rel_net r;
     unsigned char *raw = NULL;
-    dtnh_resnet_config c = rel_config();
+    dtnh_resnet_config c;
     dtnh_resnet_plan plan;
     rel_sweep s;
     float w0[64];
+    r.fmap = fmap;
+    c = rel_net_config(&r);
     CHECK_OK(dtnh_resnet_plan_memory(&c, 1, &plan, NULL));
     CHECK_OK(rel_net_open(&r, &raw));
     memset(&s, 0, sizeof s);
     s.run = rel_step;
     s.ctx = &r;
     s.total = rel_step_bytes(&r);
-    CHECK_MSG(s.total == plan.step_train, "the step takes %zu bytes, the plan says %zu", s.total,
-              plan.step_train);
+    CHECK_MSG(fmap ? s.total > plan.step_train : s.total == plan.step_train,
+              "the step takes %zu bytes, the plan says %zu", s.total, plan.step_train);
     dtnh_copy(64, r.net.params.w, w0);
     {   /* a failing step leaves the weights alone */
         dtnh_arena a;
@@ -254,6 +279,14 @@ static void every_step_arena_size_fails_cleanly_or_steps(void) {
               s.bad_capacity, s.total, (int)s.bad_status, dtnh_status_str(s.bad_status));
     if (getenv("DTNH_TEST_VERBOSE")) printf("    step: %zu bytes, %ld steps, %ld runs\n", s.total, s.steps, s.runs);
     free(raw);
+}
+
+static void every_persistent_arena_size_fails_cleanly_or_builds(void) { rel_persistent_sweep(0); }
+static void every_step_arena_size_fails_cleanly_or_steps(void) { rel_step_sweep(0); }
+static void feature_map_regularizer_arenas_fail_cleanly_too(void) {
+    rel_persistent_sweep(1);
+    if (t_current_failed) return;
+    rel_step_sweep(1);
 }
 
 
@@ -579,6 +612,7 @@ static void one_seed_gives_the_same_bits_with_one_and_two_threads(void) {
 void suite_reliability(void) {
     RUN(every_persistent_arena_size_fails_cleanly_or_builds);
     RUN(every_step_arena_size_fails_cleanly_or_steps);
+    RUN(feature_map_regularizer_arenas_fail_cleanly_too);
     RUN(resume_from_a_checkpoint_is_bit_identical);
     RUN(checkpoint_file_round_trips_and_loads_as_weights);
     RUN(checkpoint_scratch_is_counted_and_checked);
