@@ -46,6 +46,10 @@ typedef struct trainer {
     train_opts o;
     prog_data train, test;
     int *train_ids, ntrain, *val_ids, nval; /* image indices into train.ds */
+    int *held_ids, nheld;                   /* test images drawn from train.ds (--test-fraction, --test-rest) */
+    prog_data *test_set;                    /* &test, &train with held-out images, or NULL */
+    const int *test_ids;                    /* ntest image indices into test_set->ds */
+    int ntest;
     int classes;
     dtnh_resnet_config cfg;
     dtnh_augment_config aug_train, aug_eval;
@@ -80,6 +84,9 @@ static int check_options(trainer *t) {
         return prog_fail(PROG, "--reg %s needs --weights (a source model); from scratch use --reg l2 or none",
                          o->reg == REG_L2SP ? "l2sp" : o->reg == REG_FM ? "fm" : o->reg == REG_DELTA ? "delta" : "at");
     if (o->test_labels && !o->test_data) return prog_fail(PROG, "--test-labels needs --test-data");
+    if ((o->test_data != NULL) + (o->test_fraction > 0) + o->test_rest > 1)
+        return prog_fail(PROG, "--test-data, --test-fraction and --test-rest each name the test set: give one");
+    if (o->test_rest && !o->shots) return prog_fail(PROG, "--test-rest needs --shots (without it no image is left)");
     if (o->head_iters < 0) o->head_iters = o->reg == REG_DELTA ? 50 : 0;
     if (o->eval_every < 0) o->eval_every = o->iters >= 10 ? o->iters / 10 : 1;
     if (o->checkpoint_every && !o->checkpoint) return prog_fail(PROG, "--checkpoint-every needs --checkpoint");
@@ -89,31 +96,56 @@ static int check_options(trainer *t) {
 
 /* ---- data ----------------------------------------------------------------------------------- */
 
-/* The few-shot draw: --shots training and --val-shots validation images per class. */
+/* Labels of the images part[] puts in `which` (others -1), for the draws that follow. */
+static int *labels_of_part(const int *labels, const int *part, int count, int which) {
+    int *l = (int *)prog_malloc((size_t)count * sizeof(int)), i;
+    if (l)
+        for (i = 0; i < count; i++) l[i] = part[i] == which ? labels[i] : -1;
+    return l;
+}
+
+/* The draws from --data, all seeded: the --test-fraction hold-out first, then --shots training
+   and --val-shots validation images per class, and with --test-rest what they leave. */
 static dtnh_status split_train(trainer *t, dtnh_error *err) {
     prog_data *d = &t->train;
-    int per_class[2], *part, i;
+    int per_class[3], *part, *labels, i, count = d->ds.count;
     dtnh_rng rng;
-    dtnh_status s;
+    dtnh_status s = DTNH_OK;
+    char what[96];
     per_class[0] = t->o.shots ? t->o.shots : DTNH_SPLIT_REST;
     per_class[1] = t->o.val_shots;
-    if (!(part = (int *)prog_malloc((size_t)d->ds.count * sizeof(int))) ||
-        !(t->train_ids = (int *)prog_malloc((size_t)d->ds.count * sizeof(int))) ||
-        !(t->val_ids = (int *)prog_malloc((size_t)d->ds.count * sizeof(int))))
-        return dtnh_fail(err, DTNH_ERR_NOMEM, "out of memory for the split");
-    dtnh_rng_seed(&rng, (uint64_t)t->o.seed);
-    s = dtnh_split_per_class(d->labels, d->ds.count, d->classes, per_class, 2, &rng, part, err);
-    if (s) {
-        char what[64];
+    per_class[2] = DTNH_SPLIT_REST;
+    t->train_ids = (int *)prog_malloc((size_t)count * sizeof(int));
+    t->val_ids = (int *)prog_malloc((size_t)count * sizeof(int));
+    t->held_ids = (int *)prog_malloc((size_t)count * sizeof(int));
+    part = (int *)prog_malloc((size_t)count * sizeof(int));
+    labels = d->labels;
+    if (!t->train_ids || !t->val_ids || !t->held_ids || !part) {
         free(part);
-        snprintf(what, sizeof what, "--shots %d --val-shots %d", t->o.shots, t->o.val_shots);
-        return prog_prefix(s, what, err);
+        return dtnh_fail(err, DTNH_ERR_NOMEM, "out of memory");
     }
-    for (i = 0; i < d->ds.count; i++) {
+    dtnh_rng_seed(&rng, (uint64_t)t->o.seed);
+    if (t->o.test_fraction > 0) {
+        if ((s = dtnh_split_fraction(d->labels, count, d->classes, t->o.test_fraction, &rng, part, err))) goto done;
+        for (i = 0; i < count; i++)
+            if (part[i] == 1) t->held_ids[t->nheld++] = i;
+        if (!(labels = labels_of_part(d->labels, part, count, 0))) {
+            s = dtnh_fail(err, DTNH_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+    }
+    s = dtnh_split_per_class(labels, count, d->classes, per_class, t->o.test_rest ? 3 : 2, &rng, part, err);
+    for (i = 0; !s && i < count; i++) {
         if (part[i] == 0) t->train_ids[t->ntrain++] = i;
         if (part[i] == 1) t->val_ids[t->nval++] = i;
+        if (part[i] == 2) t->held_ids[t->nheld++] = i;
     }
+done:
+    if (labels != d->labels) free(labels);
     free(part);
+    snprintf(what, sizeof what, "--shots %d --val-shots %d%s", t->o.shots, t->o.val_shots,
+             t->o.test_fraction > 0 ? " after --test-fraction" : "");
+    if (s) return prog_prefix(s, what, err);
     if (t->ntrain < 1) return dtnh_fail(err, DTNH_ERR_ARG, "%s: no training images left", d->path);
     return DTNH_OK;
 }
@@ -125,6 +157,11 @@ static dtnh_status open_data(trainer *t, dtnh_error *err) {
     t->classes = t->train.classes;
     if (t->classes < 2) return dtnh_fail(err, DTNH_ERR_ARG, "%s: %d class, a classifier needs 2 or more", t->o.data, t->classes);
     if ((s = split_train(t, err))) return s;
+    if (t->nheld) {
+        t->test_set = &t->train;
+        t->test_ids = t->held_ids;
+        t->ntest = t->nheld;
+    }
     if (!t->o.test_data) return DTNH_OK;
     if ((s = prog_data_open(&t->test, t->o.test_data, t->o.test_labels, c->v, c->count, 1, err))) return s;
     if (t->test.ds.channels != t->train.ds.channels || t->test.ds.height != t->train.ds.height ||
@@ -132,7 +169,10 @@ static dtnh_status open_data(trainer *t, dtnh_error *err) {
         return dtnh_fail(err, DTNH_ERR_SHAPE, "%s: images are %dx%dx%d, the training images %dx%dx%d", t->o.test_data,
                          t->test.ds.channels, t->test.ds.height, t->test.ds.width, t->train.ds.channels,
                          t->train.ds.height, t->train.ds.width);
-    if (!c->count) return dtnh_dataset_set_classes(&t->test.ds, t->classes, err); /* names a stray label */
+    if (!c->count && (s = dtnh_dataset_set_classes(&t->test.ds, t->classes, err))) return s; /* names a stray label */
+    t->test_set = &t->test;
+    t->test_ids = t->test.ids;
+    t->ntest = t->test.n;
     return DTNH_OK;
 }
 
@@ -427,10 +467,10 @@ static dtnh_status evaluate_now(trainer *t, int it, dtnh_error *err) {
     dtnh_status s;
     int pass;
     for (pass = 0; pass < 2; pass++) {
-        prog_data *d = pass == 0 ? &t->test : &t->train;
-        const int *ids = pass == 0 ? t->test.ids : t->val_ids;
-        int n = pass == 0 ? t->test.n : t->nval;
-        if (n == 0 || (pass == 0 && !t->o.test_data)) continue;
+        prog_data *d = pass == 0 ? t->test_set : &t->train;
+        const int *ids = pass == 0 ? t->test_ids : t->val_ids;
+        int n = pass == 0 ? t->ntest : t->nval;
+        if (n == 0) continue;
         memset(&ev, 0, sizeof ev);
         if ((s = prog_evaluate(&t->net, d, ids, n, &t->aug_eval, &t->batch, &t->sa, &ev, err))) return s;
         if (row) {
@@ -625,7 +665,7 @@ static void report(trainer *t) {
     runlog_summary s;
     double secs = prog_now() - t->t0;
     runlog_summarize(&t->log, &s);
-    if (t->o.test_data) printf("test: accuracy %.2f%%, loss %.4f (%d images)\n", 100 * s.test_acc, s.test_loss, t->test.n);
+    if (t->ntest) printf("test: accuracy %.2f%%, loss %.4f (%d images)\n", 100 * s.test_acc, s.test_loss, t->ntest);
     if (t->nval) printf("val: accuracy %.2f%%, loss %.4f (%d images)\n", 100 * s.val_acc, s.val_loss, t->nval);
     printf("train: J %.4f, Omega %.4g (means of the last 10 iterations)\n", s.final_j,
            t->o.reg == REG_NONE ? 0.0 : s.final_omega);
@@ -646,7 +686,7 @@ static void describe(const trainer *t) {
     printf("memory: %.1f MiB persistent + %.1f MiB per step (batch %d)\n", t->persistent_bytes / PROG_MIB,
            t->step_bytes / PROG_MIB, t->o.batch);
     printf("data: %d training images, %d validation, %d test, %d classes\n", t->ntrain, t->nval,
-           t->o.test_data ? t->test.n : 0, t->classes);
+           t->ntest, t->classes);
     printf("method: %s%s%s, alpha %g, beta %g, lr %g, %d iterations, threads %d\n",
            t->o.reg != REG_NONE && t->o.dtnh != MODE_OFF ? "DTNH(" : "", reg_names[t->o.reg],
            t->o.reg != REG_NONE && t->o.dtnh != MODE_OFF ? (t->o.dtnh == MODE_PER_TENSOR ? ", per tensor)" : ")") : "",
@@ -712,5 +752,6 @@ int main(int argc, char **argv) {
     free(T.stream_mem);
     free(T.train_ids);
     free(T.val_ids);
+    free(T.held_ids);
     return status;
 }

@@ -19,8 +19,8 @@ typedef struct train_opts {
     const char *checkpoint, *resume;
     cli_int_list classes, lr_step;
     int shots, val_shots, reg, dtnh, optim, iters, batch, freeze, threads, seed, save_dtype, width, stem,
-        in_channels, size, crop_pad, flip, eval_every, head_iters, memory, keep_head, checkpoint_every;
-    float alpha, beta, lr, momentum;
+        in_channels, size, crop_pad, flip, eval_every, head_iters, memory, keep_head, checkpoint_every, test_rest;
+    float alpha, beta, lr, momentum, test_fraction;
 } train_opts;
 
 /* Fills o (room for TRAIN_MAX_OPTIONS rows) with the options writing into v; returns the count. */
@@ -36,6 +36,8 @@ static int train_option_table(cli_option *o, train_opts *v) {
     OPT("labels", CLI_STRING, &v->labels, 0, 0, NULL, "IDX labels of --data");
     OPT("test-data", CLI_STRING, &v->test_data, 0, 0, NULL, "held-out test images, evaluated during and after training");
     OPT("test-labels", CLI_STRING, &v->test_labels, 0, 0, NULL, "IDX labels of --test-data");
+    OPT("test-fraction", CLI_FLOAT, &v->test_fraction, 0, 0.95, NULL, "hold out this share of every class of --data as the test set (instead of --test-data)");
+    OPT("test-rest", CLI_FLAG, &v->test_rest, 0, 0, NULL, "test on the images of --data that --shots and --val-shots leave (instead of --test-data)");
     OPT("classes", CLI_INT_LIST, &v->classes, 0, 1e6, NULL, "class subset, relabelled 0..k-1 in this order, e.g. 5,6,7,8,9");
     OPT("shots", CLI_INT, &v->shots, 0, 1e8, NULL, "training images per class, drawn with --seed; 0: all");
     OPT("val-shots", CLI_INT, &v->val_shots, 0, 1e8, NULL, "validation images per class, drawn from --data apart from the training ones");

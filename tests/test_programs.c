@@ -253,6 +253,19 @@ static void optimizers_and_freezing_train(void) {
     CHECK(strstr(tp_out, "val: accuracy") && strstr(tp_out, "data: 12 training images, 8 validation"));
 }
 
+/* Without a test file, the test set is held out of --data: a share of every class, or what
+   the few-shot draw leaves. */
+static void test_images_can_be_held_out_of_the_data(void) {
+    CHECK(tp_fixtures() == 0);
+    CHECK_MSG(tp_run("dtnh-train", TP_DATA TP_TINY "--test-fraction 0.25") == 0, "%.120s", tp_err);
+    CHECK(strstr(tp_out, "data: 16 training images, 0 validation, 8 test") && strstr(tp_out, "(8 images)"));
+    CHECK_MSG(tp_run("dtnh-train", TP_DATA TP_TINY "--shots 3 --val-shots 1 --test-rest") == 0, "%.120s", tp_err);
+    CHECK(strstr(tp_out, "data: 12 training images, 4 validation, 8 test") && strstr(tp_out, "val: accuracy"));
+    CHECK_REFUSED("dtnh-train", TP_DATA TP_TINY "--test-rest", "--test-rest needs --shots");
+    CHECK_REFUSED("dtnh-train", TP_DATA TP_TEST TP_TINY "--test-fraction 0.5", "give one");
+    CHECK_REFUSED("dtnh-train", TP_DATA TP_TINY "--test-fraction 0.5 --shots 4", "--shots 4");
+}
+
 /* The result line, without its time. */
 static void tp_result(char *out, size_t size) {
     const char *r = strstr(tp_out, "result:");
@@ -363,8 +376,15 @@ static void plot_compares_logs(void) {
 /* Each refusal also asks for every output: none may appear. */
 #define TP_OUTS "--save @no.safetensors --log @no.csv --plot @no.svg "
 
+static void tp_remove_outputs(void) {
+    tp_remove("no.safetensors");
+    tp_remove("no.csv");
+    tp_remove("no.svg");
+}
+
 static void train_refuses_missing_and_malformed_files(void) {
     CHECK(tp_fixtures() == 0);
+    tp_remove_outputs();
     CHECK_REFUSED("dtnh-train", "--data @nope --labels @train-labels " TP_TINY TP_OUTS, "@nope");
     CHECK_REFUSED("dtnh-train", "--data @train --labels @nope-labels " TP_TINY TP_OUTS, "@nope-labels");
     CHECK_REFUSED("dtnh-train", "--data @garbage " TP_TINY TP_OUTS, "@garbage");
@@ -393,9 +413,10 @@ static void train_refuses_bad_options_naming_them(void) {
 
 static void train_refuses_impossible_requests(void) {
     CHECK(tp_fixtures() == 0);
+    tp_remove_outputs();
     CHECK_REFUSED("dtnh-train", TP_DATA TP_TINY "--shots 50", "--shots 50");
     CHECK_REFUSED("dtnh-train", TP_DATA TP_TINY "--classes 1,7", "--classes: class 7");
-    CHECK_REFUSED("dtnh-train", TP_DATA TP_TINY "--memory 1 " TP_OUTS, "--memory 1");
+    CHECK_REFUSED("dtnh-train", TP_DATA TP_TINY "--batch 2048 --memory 1 " TP_OUTS, "--memory 1");
     CHECK_REFUSED("dtnh-train", TP_DATA TP_TINY "--test-data @test6 --test-labels @test6-labels", "@test6");
     CHECK(tp_source() == 0);
     CHECK_REFUSED("dtnh-train", TP_DATA "--weights @src.safetensors --reg fm --hooks layer9 --iters 2", "layer9");
@@ -427,7 +448,7 @@ static void eval_refuses_bad_input_naming_it(void) {
     CHECK_REFUSED("dtnh-eval", "--weights @src.safetensors --data @garbage", "@garbage");
     CHECK_REFUSED("dtnh-eval", "--weights @src.safetensors --data @test --labels @test-labels --classes 1,2", "--classes");
     CHECK_REFUSED("dtnh-eval", "--weights @src.safetensors --data @test --labels @test-labels --batch 100000", "--batch");
-    CHECK_REFUSED("dtnh-eval", "--weights @src.safetensors --data @test --labels @test-labels --memory 1", "--memory 1");
+    CHECK_REFUSED("dtnh-eval", "--weights @src.safetensors --data @test --labels @test-labels --batch 4096 --memory 1", "--memory 1");
     CHECK_REFUSED("dtnh-eval", "--data @test", "--weights");
     CHECK(!tp_exists("no-pred.csv") && !tp_exists("no-pred.csv.tmp"));
 }
@@ -445,6 +466,7 @@ void suite_programs(void) {
     RUN(progress_into_a_pipe_is_plain_lines);
     RUN(every_regularizer_and_dtnh_mode_trains);
     RUN(optimizers_and_freezing_train);
+    RUN(test_images_can_be_held_out_of_the_data);
     RUN(the_same_seed_gives_the_same_run);
     RUN(a_resumed_run_ends_as_the_uninterrupted_one);
     RUN(help_lists_every_option_with_its_default);
