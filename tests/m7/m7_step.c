@@ -6,11 +6,6 @@
    it train. */
 #define DTNH_IMPLEMENTATION
 #define DTNH_NO_STDIO
-/* GEMM blocking for a small cache: the default (MC 256, NC 1024, KC 256) packs 1.3 MB of
-   buffers, more than a whole M7 board has; these need 48 KB for the step. */
-#define DTNH__MC 32
-#define DTNH__NC 128
-#define DTNH__KC 64
 #include "../../dtnh.h"
 #include "../../dtnh_nn.h"
 
@@ -48,7 +43,7 @@ int main(void) {
     float dlogits[2 * 5];
     double loss;
     int labels[2] = {3, 1}, shape[4] = {2, 3, 8, 8}, i;
-    if (dtnh_resnet_plan_memory(&c, 1, &plan, &err) || plan.persistent + 4096 > M7_PERSISTENT ||
+    if (dtnh_resnet_plan_memory(&c, 1, &plan, &err) || plan.persistent + 64 > M7_PERSISTENT ||
         plan.step_train > M7_STEP)
         return 1;
     dtnh_arena_init(&pa, m7_persistent, sizeof m7_persistent);
