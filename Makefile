@@ -147,14 +147,14 @@ fuzz: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 	  grep -E "^Done|number_of_executed_units" build/fuzz/fuzz_$$t.log; \
 	done
 
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(HEADERS) examples/cli.h
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(HEADERS) $(wildcard examples/*.h)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) -o $@ $< $(LDLIBS)
 
 fuzz-replay: $(FUZZ_TARGETS:%=$(B)/fuzz/replay_%)
 	@for t in $(FUZZ_TARGETS); do printf "  fuzz corpus %-12s " $$t; ./$(B)/fuzz/replay_$$t tests/fuzz/corpus/$$t || exit 1; done
 
-$(B)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(HEADERS) examples/cli.h
+$(B)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(HEADERS) $(wildcard examples/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< tests/fuzz/replay.c $(LDLIBS)
 

@@ -2,7 +2,8 @@
 """Writes the seed corpora of the libFuzzer targets in tests/fuzz/ (tests/fuzz/corpus/<target>):
 a few small valid inputs of each format and a few nearly valid ones. Python standard library
 only; run by hand from the repository root (`/usr/bin/python3 tools/gen_fuzz_seeds.py`), the
-outputs are committed. Inputs the fuzzers found later are added by hand beside these."""
+outputs are committed. Inputs the fuzzers found later are added by hand beside these, and the
+checkpoint seed comes from tests/fuzz/fuzz_checkpoint.c itself (see there)."""
 import json
 import os
 import struct
@@ -70,6 +71,21 @@ def seeds_cli():
         put("cli", "args-%d" % i, b"\0".join(s.encode() for s in a))
 
 
+def seeds_train_opts():
+    args = [
+        ["--data", "data/fashion-train-images-idx3-ubyte", "--labels", "x", "--classes", "5,6,7,8,9", "--shots", "30",
+         "--reg", "l2sp", "--dtnh", "global", "--alpha", "0.01", "--lr", "0.01", "--lr-step", "225", "--iters", "300"],
+        ["--weights=src.safetensors", "--reg=delta", "--hooks", "layer1,layer4", "--optim", "adam", "--checkpoint",
+         "c.ckpt", "--checkpoint-every", "10", "--resume", "c.ckpt"],
+        ["--width", "4", "--stem", "imagenet", "--size", "64", "--mean", "0.485,0.456,0.406", "--std",
+         "0.229,0.224,0.225", "--crop-pad", "4", "--flip", "--memory", "1"],
+        ["--help"],
+        ["--iters", "-3", "--batch", "1", "--freeze", "nope"],
+    ]
+    for i, a in enumerate(args):
+        put("train_opts", "args-%d" % i, b"\0".join(s.encode() for s in a))
+
+
 def safetensors(tensors, meta=None):
     """tensors: (name, dtype, shape, raw bytes); header padded with spaces to 8 as the reference."""
     header, off, data = {}, 0, b""
@@ -117,4 +133,5 @@ if __name__ == "__main__":
     seeds_cifar()
     seeds_pnm()
     seeds_cli()
+    seeds_train_opts()
     seeds_safetensors()
