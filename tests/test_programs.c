@@ -353,6 +353,24 @@ static void eval_reports_accuracy_classes_and_confusion(void) {
     CHECK(lines == 13);
 }
 
+/* The imagenet stem on grey images repeated into 3 channels, stored as F16: dtnh-eval reads
+   it all back from the file; --size and --keep-head do what they say. */
+static void stem_channels_dtype_size_and_head_options_work(void) {
+    CHECK(tp_source() == 0);
+    CHECK_MSG(tp_run("dtnh-train", TP_DATA TP_TINY "--stem imagenet --in-channels 3 --size 16 --save-dtype f16 "
+                                   "--mean 0.4,0.5,0.6 --std 0.2 --save @f16.safetensors") == 0, "%.120s", tp_err);
+    CHECK_MSG(tp_run("dtnh-eval", "--weights @f16.safetensors --data @big --labels @big-labels --threads 1") == 0,
+              "%.120s", tp_err);
+    CHECK(strstr(tp_out, "width 4, imagenet stem, input 3x16x16, 4 classes") && strstr(tp_out, "accuracy: "));
+    CHECK_MSG(tp_run("dtnh-eval", "--weights @src.safetensors --data @big --labels @big-labels --size 12 --mean 0.5 "
+                                  "--std 0.5 --batch 3") == 0, "%.120s", tp_err);
+    CHECK(strstr(tp_out, "input 1x12x12") && strstr(tp_out, "/8)"));
+    CHECK(tp_run("dtnh-train", "--weights @src.safetensors " TP_DATA "--batch 4 --iters 1 --keep-head") == 0);
+    CHECK(strstr(tp_out, "its head kept"));
+    CHECK(tp_run("dtnh-train", "--weights @src.safetensors " TP_DATA "--batch 4 --iters 1") == 0);
+    CHECK(strstr(tp_out, "a new head for 4 classes"));
+}
+
 /* A class subset trained by dtnh-train is stored in the file; dtnh-eval applies it. */
 static void eval_applies_the_class_subset_the_file_names(void) {
     CHECK(tp_fixtures() == 0);
@@ -472,6 +490,7 @@ void suite_programs(void) {
     RUN(help_lists_every_option_with_its_default);
     RUN(eval_reports_accuracy_classes_and_confusion);
     RUN(eval_applies_the_class_subset_the_file_names);
+    RUN(stem_channels_dtype_size_and_head_options_work);
     RUN(plot_compares_logs);
     RUN(train_refuses_missing_and_malformed_files);
     RUN(train_refuses_bad_options_naming_them);
