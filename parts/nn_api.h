@@ -208,8 +208,8 @@ typedef struct dtnh_resnet {
     int stats_floats;       /* floats of the batch statistics a training forward saves */
     size_t mem_structure, mem_weights, mem_source, mem_gradients, mem_buffers;
     /* The last forward: which kind, its batch, where its memory lies. */
-    int train_n, train_spent;
-    float *train_block, *train_stats;
+    int train_n, train_spent, infer_n;
+    float *train_block, *train_stats, *infer_block, *infer_stats;
     const float *train_input;
     dtnh_work work;
     float *hook_data[DTNH_RESNET_MAX_HOOKS];
@@ -273,6 +273,14 @@ DTNHDEF dtnh_status dtnh_resnet_infer(dtnh_resnet *net, const dtnh_tensor *x, dt
    read it (DELTA's filter attention). */
 DTNHDEF dtnh_status dtnh_resnet_infer_masked(dtnh_resnet *net, const dtnh_tensor *x, int hook,
                                              int channel, dtnh_arena *step, dtnh_tensor *logits,
+                                             dtnh_error *err);
+/* The logits dtnh_resnet_infer_masked would give for the input of the last dtnh_resnet_infer
+   on this network, at the cost of the layers above the hook only: it re-runs them from that
+   inference's tensors (the step arena must be as that call left it) with the channel zeroed,
+   then restores the channel. Call it for every channel after one inference. Overwrites the
+   logits and any hook above, which then hold the masked run's values. */
+DTNHDEF dtnh_status dtnh_resnet_rerun_masked(dtnh_resnet *net, int hook, int channel,
+                                             dtnh_arena *step, dtnh_tensor *logits,
                                              dtnh_error *err);
 /* Backward of the last training forward. Gradients enter at the logits (dlogits [n, classes],
    may be NULL) and at the hooks (hook_grads[i] [n, C, H, W] for hook i, may be NULL, as may

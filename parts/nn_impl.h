@@ -889,12 +889,27 @@ static int dtnh__data_end(const dtnh_resnet *net, int v, int end) {
 }
 
 /* The inference plan: forward steps 0..F-1, only hooks and logits outlive their readers. */
+/* 1 when v crosses hook h's cut: made at or below the hook's layer and read above it (the
+   hook's own output, a block input on the identity path). A masked re-run from the hook
+   needs exactly these. */
+static int dtnh__crosses_hook(const dtnh_resnet *net, int v, int h) {
+    int p = net->values[net->hook_value[h]].producer;
+    const dtnh__rvalue *x = &net->values[v];
+    return v == net->hook_value[h] || (x->producer <= p && x->consumers && x->last_consumer > p);
+}
+
+/* The inference plan: forward steps 0..F-1. Hooks, the logits and the values that cross a
+   hook's cut outlive their readers (dtnh_resnet_rerun_masked starts from them). */
 static void dtnh__plan_infer(dtnh_resnet *net) {
     dtnh__interval iv[DTNH__MAX_INTERVALS];
-    int id[DTNH__RESNET_MAX_NODES + 1], count = 0, v, F = net->node_count;
-    for (v = 1; v < net->value_count; v++)
+    int id[DTNH__RESNET_MAX_NODES + 1], count = 0, v, h, F = net->node_count;
+    for (v = 1; v < net->value_count; v++) {
+        int end = dtnh__data_end(net, v, F);
+        for (h = 0; h < net->cfg.hook_count; h++)
+            if (dtnh__crosses_hook(net, v, h)) end = F;
         id[v] = dtnh__new_interval(iv, &count, dtnh__value_floats(&net->values[v]),
-                                   net->values[v].producer, dtnh__data_end(net, v, F));
+                                   net->values[v].producer, end);
+    }
     net->block_floats[DTNH__INFER] = dtnh__place(iv, count);
     for (v = 1; v < net->value_count; v++) net->values[v].offset[DTNH__INFER] = iv[id[v]].off;
 }
@@ -1405,6 +1420,7 @@ static dtnh_status dtnh__forward(dtnh_resnet *net, const dtnh_tensor *x, int mod
     /* A property of the batch, not of the memory: a size query (counting) does not ask it. */
     if (mode == DTNH__TRAIN && !counting && (s = dtnh__check_batch_stats(net, r.n, err))) return s;
     if (mode == DTNH__TRAIN) net->train_n = 0; /* until this forward has succeeded */
+    else net->infer_n = 0;
     if ((s = dtnh__step_alloc(net, &r, step, err))) return s;
     for (h = 0; h < net->cfg.hook_count; h++)
         net->hook_data[h] = r.block ? dtnh__vout(&r, net->hook_value[h]) : NULL;
@@ -1431,6 +1447,10 @@ static dtnh_status dtnh__forward(dtnh_resnet *net, const dtnh_tensor *x, int mod
         net->train_block = r.block;
         net->train_stats = r.stats;
         net->train_input = r.input;
+    } else {
+        net->infer_n = r.n;
+        net->infer_block = r.block;
+        net->infer_stats = r.stats;
     }
     return DTNH_OK;
 }
@@ -1456,6 +1476,55 @@ DTNHDEF dtnh_status dtnh_resnet_infer_masked(dtnh_resnet *net, const dtnh_tensor
         return dtnh_fail(err, DTNH_ERR_ARG, "resnet_infer_masked: channel %d of hook '%s', expected 0..%d",
                          channel, net->hook_name[hook], net->values[net->hook_value[hook]].c - 1);
     return dtnh__forward(net, x, DTNH__INFER, hook, channel, step, logits, err);
+}
+
+DTNHDEF dtnh_status dtnh_resnet_rerun_masked(dtnh_resnet *net, int hook, int channel,
+                                             dtnh_arena *step, dtnh_tensor *logits,
+                                             dtnh_error *err) {
+    static dtnh__run zero_run;
+    dtnh__run r = zero_run;
+    const dtnh__rvalue *v;
+    float *saved = NULL, *data;
+    size_t plane, mark, b;
+    int i, shape[2];
+    dtnh_status s;
+    if (!net || !step || !logits)
+        return dtnh_fail(err, DTNH_ERR_ARG, "resnet_rerun_masked: NULL network, arena or logits");
+    if (hook < 0 || hook >= net->cfg.hook_count)
+        return dtnh_fail(err, DTNH_ERR_ARG, "resnet_rerun_masked: hook %d, expected 0..%d", hook,
+                         net->cfg.hook_count - 1);
+    v = &net->values[net->hook_value[hook]];
+    if (channel < 0 || channel >= v->c)
+        return dtnh_fail(err, DTNH_ERR_ARG, "resnet_rerun_masked: channel %d of hook '%s', expected 0..%d",
+                         channel, net->hook_name[hook], v->c - 1);
+    if (net->infer_n < 1)
+        return dtnh_fail(err, DTNH_ERR_ARG, "resnet_rerun_masked: no inference forward to start from");
+    r.net = net;
+    r.mode = DTNH__INFER;
+    r.n = net->infer_n;
+    r.block = net->infer_block;
+    r.stats = net->infer_stats;
+    plane = (size_t)v->h * (size_t)v->w;
+    mark = dtnh_arena_mark(step);
+    if ((s = dtnh_arena_alloc_floats(step, (size_t)r.n * plane, &saved, err))) return s;
+    shape[0] = r.n;
+    shape[1] = net->cfg.num_classes;
+    if ((s = dtnh_tensor_view(logits, r.block ? dtnh__vout(&r, net->logits_value) : NULL, 2, shape, err)) ||
+        !r.block) {
+        dtnh_arena_reset(step, mark);
+        return s;
+    }
+    data = dtnh__vout(&r, net->hook_value[hook]);
+    for (b = 0; b < (size_t)r.n; b++) { /* keep the channel, zero it, run the layers above */
+        float *ch = data + (b * (size_t)v->c + (size_t)channel) * plane;
+        dtnh_copy(plane, ch, saved + b * plane);
+        dtnh_fill(plane, ch, 0.0f);
+    }
+    for (i = v->producer + 1; i < net->node_count; i++) dtnh__node_forward(&r, &net->nodes[i]);
+    for (b = 0; b < (size_t)r.n; b++)
+        dtnh_copy(plane, saved + b * plane, data + (b * (size_t)v->c + (size_t)channel) * plane);
+    dtnh_arena_reset(step, mark);
+    return DTNH_OK;
 }
 
 /* Adds g into value v's gradient, or copies it there when the gradient holds nothing yet. */

@@ -424,6 +424,41 @@ static void masked_inference_zeroes_one_channel(void) {
     case_close(&c);
 }
 
+/* The re-run from a hook gives masked inference's logits, for hooks at block outputs and
+   inside blocks (where the identity path crosses the cut), and restores the hook. */
+static void masked_rerun_from_a_hook_equals_masked_inference(void) {
+    static net_case c;
+    static const char *hooks[4] = {"layer2", "layer3.0.bn2", "layer2.1.bn1", "relu"};
+    dtnh_resnet_config cfg = small_config(DTNH_STEM_IMAGENET, 4, 32, 2);
+    dtnh_tensor logits, t;
+    float want[10], *before;
+    int h, ch;
+    size_t n;
+    for (h = 0; h < 4; h++) cfg.hooks[h] = hooks[h];
+    cfg.hook_count = 4;
+    CHECK_OK(case_open(&c, &cfg));
+    CHECK_STATUS(dtnh_resnet_rerun_masked(&c.net, 0, 0, &c.sa, &logits, NULL), DTNH_ERR_ARG);
+    for (h = 0; h < 4; h++)
+        for (ch = 0; ch < 2; ch++) {
+            dtnh_arena_reset(&c.sa, 0);
+            CHECK_OK(dtnh_resnet_infer_masked(&c.net, &c.input, h, ch, &c.sa, &logits, NULL));
+            memcpy(want, logits.data, sizeof want);
+            dtnh_arena_reset(&c.sa, 0);
+            CHECK_OK(dtnh_resnet_infer(&c.net, &c.input, &c.sa, &logits, NULL));
+            CHECK_OK(dtnh_resnet_hook_output(&c.net, h, &t, NULL));
+            n = dtnh_tensor_count(&t);
+            before = (float *)malloc(n * sizeof(float));
+            memcpy(before, t.data, n * sizeof(float));
+            CHECK_OK(dtnh_resnet_rerun_masked(&c.net, h, ch, &c.sa, &logits, NULL));
+            CHECK_MSG(memcmp(want, logits.data, sizeof want) == 0, "hook %s channel %d", hooks[h], ch);
+            CHECK(memcmp(before, t.data, n * sizeof(float)) == 0);
+            CHECK_OK(dtnh_resnet_rerun_masked(&c.net, h, ch, &c.sa, &logits, NULL));
+            CHECK(memcmp(want, logits.data, sizeof want) == 0);
+            free(before);
+        }
+    case_close(&c);
+}
+
 /* ---- backward ----------------------------------------------------------------------------------- */
 
 /* kann's check: one random direction v over every parameter, one pair of extra losses. The
@@ -897,6 +932,7 @@ void suite_resnet(void) {
     RUN(frozen_statistics_forward_equals_inference);
     RUN(teacher_with_external_weights_matches_the_target);
     RUN(masked_inference_zeroes_one_channel);
+    RUN(masked_rerun_from_a_hook_equals_masked_inference);
     RUN(whole_network_gradient_matches_finite_differences);
     RUN(imagenet_stem_gradient_matches_finite_differences);
     RUN(hook_gradients_match_finite_differences_and_stop_at_the_deepest_hook);
