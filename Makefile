@@ -163,12 +163,15 @@ $(B)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(HEADERS) $(wildcar
 # uninterrupted run at its iteration and resumes exactly. `make check-determinism`: one seed
 # gives the same bits with 1, 2 and 3 threads and without OpenMP. Both also run in `make test`
 # (check-reliability, with the fuzz corpora replayed under the sanitizers).
+# `make check-crash-trainer` does the same to dtnh-train itself (--checkpoint-every 1, --resume),
+# ending bit-identical to an uninterrupted run (tests/crash_trainer.sh).
 CRASH_ROUNDS ?= 200
 DET_FLAGS    := $(WARN) -Werror $(OPT) $(ARCH)
-.PHONY: check-reliability check-crash check-determinism check-m7 check-arm check-valgrind check-all
+.PHONY: check-reliability check-crash check-crash-trainer check-determinism check-m7 check-arm check-valgrind check-all
 
 check-reliability:
 	@$(MAKE) --no-print-directory check-crash CRASH_ROUNDS=50
+	@$(MAKE) --no-print-directory check-crash-trainer CRASH_ROUNDS=50
 	@$(MAKE) --no-print-directory check-determinism
 	@$(MAKE) --no-print-directory -j2 SAN=1 OMP=0 fuzz-replay
 
@@ -176,6 +179,11 @@ check-crash: $(B)/tests/crash_checkpoint
 	@mkdir -p build/crash
 	@./$(B)/tests/crash_checkpoint build/crash $(CRASH_ROUNDS) > build/crash/log.txt || { cat build/crash/log.txt; exit 1; }
 	@sed -n '1p;$$p' build/crash/log.txt; tail -n 2 build/crash/log.txt | head -n 1
+
+check-crash-trainer: $(EX)/dtnh-train
+	@mkdir -p build
+	@sh tests/crash_trainer.sh $(EX) build/crash-trainer $(CRASH_ROUNDS) > build/crash-trainer.log 2>&1 || { cat build/crash-trainer.log; exit 1; }
+	@tail -n 4 build/crash-trainer.log
 
 $(B)/tests/crash_checkpoint: tests/crash_checkpoint.c tests/rel_trainer.h $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -234,6 +242,7 @@ check-valgrind:
 # Everything: `make test`, a longer crash test, the cross builds, valgrind and a short fuzz run.
 check-all: test
 	@$(MAKE) --no-print-directory check-crash
+	@$(MAKE) --no-print-directory check-crash-trainer
 	@$(MAKE) --no-print-directory check-m7
 	@$(MAKE) --no-print-directory check-arm
 	@$(MAKE) --no-print-directory check-valgrind
