@@ -274,6 +274,33 @@ static void dtnh__kernel_half(int kc, const float *DTNH__RESTRICT a, int rs, int
     DTNH__OUTH(0); DTNH__OUTH(1); DTNH__OUTH(2); DTNH__OUTH(3);
     DTNH__OUTH(4); DTNH__OUTH(5); DTNH__OUTH(6); DTNH__OUTH(7);
 }
+#if defined(__FMA__)
+/* 8 x 8 (ymm) for a last sliver with at most 8 real columns. */
+#define DTNH__ROW256Q(r) c##r = _mm256_fmadd_ps(_mm256_broadcast_ss(a##r + ak), b0, c##r)
+#define DTNH__QUARTER_KERNEL 1
+static void dtnh__kernel_quarter(int kc, const float *DTNH__RESTRICT a, int rs, int ks,
+                                 const float *DTNH__RESTRICT b, float *DTNH__RESTRICT tile) {
+    const float *a0 = a, *a1 = a + rs, *a2 = a + 2 * rs, *a3 = a + 3 * rs;
+    const float *a4 = a + 4 * rs, *a5 = a + 5 * rs, *a6 = a + 6 * rs, *a7 = a + 7 * rs;
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+    int k, ak;
+    for (k = 0, ak = 0; k < kc; k++, ak += ks, b += 32) {
+        __m256 b0 = _mm256_load_ps(b);
+        DTNH__PREFETCH_A;
+        DTNH__ROW256Q(0); DTNH__ROW256Q(1); DTNH__ROW256Q(2); DTNH__ROW256Q(3);
+        DTNH__ROW256Q(4); DTNH__ROW256Q(5); DTNH__ROW256Q(6); DTNH__ROW256Q(7);
+    }
+    _mm256_store_ps(tile, c0);
+    _mm256_store_ps(tile + DTNH__NR, c1);
+    _mm256_store_ps(tile + 2 * DTNH__NR, c2);
+    _mm256_store_ps(tile + 3 * DTNH__NR, c3);
+    _mm256_store_ps(tile + 4 * DTNH__NR, c4);
+    _mm256_store_ps(tile + 5 * DTNH__NR, c5);
+    _mm256_store_ps(tile + 6 * DTNH__NR, c6);
+    _mm256_store_ps(tile + 7 * DTNH__NR, c7);
+}
+#undef DTNH__ROW256Q
+#endif
 #undef DTNH__ROW512H
 #undef DTNH__OUTH
 #undef DTNH__ROW512
@@ -834,6 +861,10 @@ static void dtnh__tile(const dtnh__gemm *G, int kc, const float *a, const float 
         u.first = first;
         dtnh__kernel(kc, a, rs, ks, b, c, ldc, &u, G->bias && first ? G->bias + m0 : NULL);
     } else {
+#ifdef DTNH__QUARTER_KERNEL
+        if (nr <= DTNH__NR / 4) dtnh__kernel_quarter(kc, a, rs, ks, b, tile);
+        else
+#endif
 #ifdef DTNH__HALF_KERNEL
         if (nr <= DTNH__NR / 2) dtnh__kernel_half(kc, a, rs, ks, b, tile);
         else
