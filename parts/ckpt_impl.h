@@ -482,6 +482,7 @@ DTNHDEF dtnh_status dtnh_checkpoint_load_file(dtnh_checkpoint *c, const char *pa
     dtnh_status s;
     if (!scratch) return dtnh_fail(err, DTNH_ERR_ARG, "checkpoint_load: NULL scratch arena");
     if ((s = dtnh__ckpt_check(c, err))) return s;
+    memset(&f, 0, sizeof f); /* closed below even when the open fails early */
     mark = dtnh_arena_mark(scratch);
     s = dtnh_st_open(&f, path, scratch, err);
     if (!s) s = dtnh__ckpt_load(c, &f, scratch, err);

@@ -402,6 +402,26 @@ static void checkpoint_file_round_trips_and_loads_as_weights(void) {
     rel_trainer_close(&b);
 }
 
+/* Files that cannot be written or read give DTNH_ERR_IO (or ARG), never a crash, and change
+   nothing. */
+static void checkpoint_io_failures_are_reported(void) {
+    static rel_trainer a;
+    dtnh_checkpoint c;
+    dtnh_error err;
+    CHECK(rel_trainer_open(&a, 3));
+    rel_trainer_checkpoint(&a, &c);
+    CHECK_STATUS(dtnh_checkpoint_save(&c, "build/no-such-folder/x/ck.safetensors", &a.scratch, &err), DTNH_ERR_IO);
+    CHECK_STATUS(dtnh_checkpoint_save(&c, NULL, &a.scratch, &err), DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_checkpoint_load_file(&c, "build/no-such-folder/ck.safetensors", &a.scratch, &err), DTNH_ERR_IO);
+    CHECK_STATUS(dtnh_checkpoint_load_file(&c, NULL, &a.scratch, &err), DTNH_ERR_ARG);
+    CHECK_STATUS(dtnh_checkpoint_load_file(&c, "tests/fixtures/resnet_w4_weights.safetensors", &a.scratch, &err),
+                 DTNH_ERR_FORMAT);
+    CHECK(dtnh_arena_used(&a.scratch) == 0 && a.iteration == 0);
+    c.net = NULL;
+    CHECK_STATUS(dtnh_checkpoint_save(&c, "build/x.safetensors", &a.scratch, &err), DTNH_ERR_ARG);
+    rel_trainer_close(&a);
+}
+
 /* A counting scratch arena tells what save and load need; a smaller one fails cleanly. */
 static void checkpoint_scratch_is_counted_and_checked(void) {
     static rel_trainer a;
@@ -632,6 +652,7 @@ void suite_reliability(void) {
     RUN(feature_map_regularizer_arenas_fail_cleanly_too);
     RUN(resume_from_a_checkpoint_is_bit_identical);
     RUN(checkpoint_file_round_trips_and_loads_as_weights);
+    RUN(checkpoint_io_failures_are_reported);
     RUN(checkpoint_scratch_is_counted_and_checked);
     RUN(bad_checkpoints_are_refused_and_change_nothing);
     RUN(checkpoint_of_another_network_is_refused);
