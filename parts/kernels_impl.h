@@ -1110,9 +1110,10 @@ DTNHDEF dtnh_status dtnh_conv_geom_init(dtnh_conv_geom *g, int n, int c_in, int 
                          (long long)h + 2LL * pad, (long long)w + 2LL * pad);
     oh = ((long long)h + 2LL * pad - kh) / stride + 1;
     ow = ((long long)w + 2LL * pad - kw) / stride + 1;
-    /* The GEMM dimensions (n*oh*ow, c_in*kh*kw, h*w) are ints; every tensor must fit size_t. */
-    if ((long long)h * w > 0x7fffffffLL || (long long)kh * kw * c_in > 0x7fffffffLL ||
-        oh * ow > 0x7fffffffLL / n)
+    /* The GEMM dimensions (n*oh*ow, n*h*w, c_in*kh*kw, c_out*kh*kw) are ints; every tensor
+       must fit size_t. */
+    if ((long long)h * w > 0x7fffffffLL / n || (long long)kh * kw > 0x7fffffffLL / c_in ||
+        (long long)kh * kw > 0x7fffffffLL / c_out || oh * ow > 0x7fffffffLL / n)
         return dtnh_fail(err, DTNH_ERR_ARG,
                          "conv_geom: n=%d c_in=%d %dx%d kernel %dx%d: sizes overflow int", n, c_in,
                          h, w, kh, kw);

@@ -367,6 +367,10 @@ static void conv_geom_rejects_bad_geometry(void) {
     CHECK(strstr(err.msg, "overflow") != NULL);
     CHECK_STATUS(dtnh_conv_geom_init(&g, 1, 3, 0x7fffffff, 1, 4, 1, 1, 1, 0x3fffffff, &err),
                  DTNH_ERR_ARG);
+    /* fits size_t, but a GEMM dimension (n*h*w, c*kh*kw) would overflow int */
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 3, 1, 30000, 30000, 1, 1, 1, 1, 0, &err), DTNH_ERR_ARG);
+    CHECK(strstr(err.msg, "int") != NULL);
+    CHECK_STATUS(dtnh_conv_geom_init(&g, 1, 1, 8, 8, 0x7fffffff / 4, 3, 3, 1, 1, &err), DTNH_ERR_ARG);
     CHECK_STATUS(dtnh_conv_geom_init(NULL, 1, 3, 8, 8, 4, 3, 3, 1, 1, &err), DTNH_ERR_ARG);
 }
 
