@@ -238,22 +238,96 @@ static long dtnh__maxpool_argmax(const float *xp, int h, int w, int k, int strid
     return arg;
 }
 
+/* The 3x3 windows whose 9 inputs all lie inside: output columns [*lo, *hi) of a row whose
+   3 input rows are inside. The hot path of ResNet's max-pool runs there without bounds checks
+   or padding; the border goes through dtnh__maxpool_argmax. */
+static void dtnh__maxpool3_interior(int w, int ow, int stride, int pad, int *lo, int *hi) {
+    *lo = (pad + stride - 1) / stride;
+    *hi = w - 3 + pad >= 0 ? (w - 3 + pad) / stride + 1 : 0;
+    if (*hi > ow) *hi = ow;
+    if (*lo > *hi) *lo = *hi;
+}
+
+/* The larger of a and b, NaN winning (as PyTorch's max-pool). */
+#define DTNH__MAXNAN(a, b) ((b) > (a) || (b) != (b) ? (b) : (a))
+
+static float dtnh__max9(const float *r0, const float *r1, const float *r2) {
+    float m = r0[0];
+    m = DTNH__MAXNAN(m, r0[1]);
+    m = DTNH__MAXNAN(m, r0[2]);
+    m = DTNH__MAXNAN(m, r1[0]);
+    m = DTNH__MAXNAN(m, r1[1]);
+    m = DTNH__MAXNAN(m, r1[2]);
+    m = DTNH__MAXNAN(m, r2[0]);
+    m = DTNH__MAXNAN(m, r2[1]);
+    return DTNH__MAXNAN(m, r2[2]);
+}
+
+static void dtnh__maxpool_plane(const float *xp, int h, int w, int k, int stride, int pad,
+                                float *yp, int oh, int ow) {
+    int oy, ox, lo, hi;
+    dtnh__maxpool3_interior(w, ow, stride, pad, &lo, &hi);
+    for (oy = 0; oy < oh; oy++) {
+        int iy = oy * stride - pad, fast = k == 3 && iy >= 0 && iy + 2 < h;
+        float *yr = yp + (size_t)oy * (size_t)ow;
+        for (ox = 0; ox < ow; ox++) {
+            float best;
+            if (fast && ox >= lo && ox < hi) {
+                const float *r0 = xp + (size_t)iy * (size_t)w + (size_t)(ox * stride - pad);
+                yr[ox] = dtnh__max9(r0, r0 + w, r0 + 2 * (size_t)w);
+                continue;
+            }
+            dtnh__maxpool_argmax(xp, h, w, k, stride, pad, oy, ox, &best);
+            yr[ox] = best;
+        }
+    }
+}
+
+/* Index in the 3x3 window (row-major) of its first largest value, the rule of the generic
+   scan; -1 when the window holds a NaN (the generic scan decides those). */
+static int dtnh__argmax9(const float *r0, const float *r1, const float *r2) {
+    float m = dtnh__max9(r0, r1, r2);
+    int arg = 8;
+    if (m != m) return -1;
+    arg = r2[1] == m ? 7 : arg;
+    arg = r2[0] == m ? 6 : arg;
+    arg = r1[2] == m ? 5 : arg;
+    arg = r1[1] == m ? 4 : arg;
+    arg = r1[0] == m ? 3 : arg;
+    arg = r0[2] == m ? 2 : arg;
+    arg = r0[1] == m ? 1 : arg;
+    return r0[0] == m ? 0 : arg;
+}
+
+static void dtnh__maxpool_plane_backward(const float *xp, int h, int w, int k, int stride,
+                                         int pad, const float *dyp, int oh, int ow, float *dxp) {
+    int oy, ox, lo, hi;
+    dtnh__maxpool3_interior(w, ow, stride, pad, &lo, &hi);
+    dtnh_fill((size_t)h * (size_t)w, dxp, 0.0f);
+    for (oy = 0; oy < oh; oy++) {
+        int iy = oy * stride - pad, fast = k == 3 && iy >= 0 && iy + 2 < h;
+        for (ox = 0; ox < ow; ox++) {
+            float g = dyp[(size_t)oy * (size_t)ow + (size_t)ox], best;
+            long arg = -1;
+            if (fast && ox >= lo && ox < hi) {
+                size_t at = (size_t)iy * (size_t)w + (size_t)(ox * stride - pad);
+                int t = dtnh__argmax9(xp + at, xp + at + w, xp + at + 2 * (size_t)w);
+                if (t >= 0) arg = (long)(at + (size_t)(t / 3) * (size_t)w + (size_t)(t % 3));
+            }
+            if (arg < 0) arg = dtnh__maxpool_argmax(xp, h, w, k, stride, pad, oy, ox, &best);
+            if (arg >= 0) dxp[arg] += g;
+        }
+    }
+}
+
 DTNHDEF void dtnh_maxpool_forward(int n, int c, int h, int w, int k, int stride, int pad,
                                   const float *x, float *y) {
     int oh = dtnh__window_out(h, k, stride, pad), ow = dtnh__window_out(w, k, stride, pad);
     long plane, planes = (long)n * c;
     DTNH__OMP(parallel for schedule(static) if ((size_t)planes * (size_t)h * (size_t)w > DTNH__PAR_MIN))
-    for (plane = 0; plane < planes; plane++) {
-        const float *xp = x + (size_t)plane * (size_t)h * (size_t)w;
-        float *yp = y + (size_t)plane * (size_t)oh * (size_t)ow;
-        int oy, ox;
-        for (oy = 0; oy < oh; oy++)
-            for (ox = 0; ox < ow; ox++) {
-                float best;
-                dtnh__maxpool_argmax(xp, h, w, k, stride, pad, oy, ox, &best);
-                yp[(size_t)oy * (size_t)ow + (size_t)ox] = best;
-            }
-    }
+    for (plane = 0; plane < planes; plane++)
+        dtnh__maxpool_plane(x + (size_t)plane * (size_t)h * (size_t)w, h, w, k, stride, pad,
+                            y + (size_t)plane * (size_t)oh * (size_t)ow, oh, ow);
 }
 
 DTNHDEF void dtnh_maxpool_backward(int n, int c, int h, int w, int k, int stride, int pad,
@@ -261,19 +335,10 @@ DTNHDEF void dtnh_maxpool_backward(int n, int c, int h, int w, int k, int stride
     int oh = dtnh__window_out(h, k, stride, pad), ow = dtnh__window_out(w, k, stride, pad);
     long plane, planes = (long)n * c;
     DTNH__OMP(parallel for schedule(static) if ((size_t)planes * (size_t)h * (size_t)w > DTNH__PAR_MIN))
-    for (plane = 0; plane < planes; plane++) {
-        const float *xp = x + (size_t)plane * (size_t)h * (size_t)w;
-        const float *dyp = dy + (size_t)plane * (size_t)oh * (size_t)ow;
-        float *dxp = dx + (size_t)plane * (size_t)h * (size_t)w;
-        int oy, ox;
-        dtnh_fill((size_t)h * (size_t)w, dxp, 0.0f);
-        for (oy = 0; oy < oh; oy++)
-            for (ox = 0; ox < ow; ox++) {
-                float best;
-                long arg = dtnh__maxpool_argmax(xp, h, w, k, stride, pad, oy, ox, &best);
-                if (arg >= 0) dxp[arg] += dyp[(size_t)oy * (size_t)ow + (size_t)ox];
-            }
-    }
+    for (plane = 0; plane < planes; plane++)
+        dtnh__maxpool_plane_backward(x + (size_t)plane * (size_t)h * (size_t)w, h, w, k, stride,
+                                     pad, dy + (size_t)plane * (size_t)oh * (size_t)ow, oh, ow,
+                                     dx + (size_t)plane * (size_t)h * (size_t)w);
 }
 
 DTNHDEF void dtnh_avgpool_forward(int n, int c, int hw, const float *x, float *y) {

@@ -295,6 +295,38 @@ static void maxpool_pads_with_minus_infinity_and_breaks_ties_first(void) {
     CHECK(dx[2] == 0 && dx[5] == 0 && dx[8] == 0);
 }
 
+/* The 3x3 interior fast path against a plain reference: -inf padding, first largest input of
+   each window (row-major) takes the gradient; ties made common by rounding to halves. */
+static void maxpool_matches_a_reference_on_odd_and_even_sizes(void) {
+    static float x[2 * 3 * 11 * 10], y[2 * 3 * 6 * 5], dy[2 * 3 * 6 * 5], dx[2 * 3 * 11 * 10],
+        want_dx[2 * 3 * 11 * 10];
+    int sizes[2][2] = {{11, 10}, {8, 9}}, t, pl, oy, ox, i, j;
+    for (t = 0; t < 2; t++) {
+        int h = sizes[t][0], w = sizes[t][1], oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
+        fill_normal(x, (size_t)6 * h * w, 1.0f, 200 + (uint64_t)t);
+        for (i = 0; i < 6 * h * w; i++) x[i] = floorf(x[i] * 2.0f) / 2.0f;
+        fill_normal(dy, (size_t)6 * oh * ow, 1.0f, 210 + (uint64_t)t);
+        dtnh_maxpool_forward(2, 3, h, w, 3, 2, 1, x, y);
+        dtnh_maxpool_backward(2, 3, h, w, 3, 2, 1, x, dy, dx);
+        memset(want_dx, 0, sizeof want_dx);
+        for (pl = 0; pl < 6; pl++)
+            for (oy = 0; oy < oh; oy++)
+                for (ox = 0; ox < ow; ox++) {
+                    float best = -INFINITY;
+                    int arg = -1;
+                    for (i = 2 * oy - 1; i <= 2 * oy + 1; i++)
+                        for (j = 2 * ox - 1; j <= 2 * ox + 1; j++)
+                            if (i >= 0 && i < h && j >= 0 && j < w && x[(pl * h + i) * w + j] > best) {
+                                best = x[(pl * h + i) * w + j];
+                                arg = (pl * h + i) * w + j;
+                            }
+                    CHECK(y[(pl * oh + oy) * ow + ox] == best);
+                    want_dx[arg] += dy[(pl * oh + oy) * ow + ox];
+                }
+        for (i = 0; i < 6 * h * w; i++) CHECK_MSG(dx[i] == want_dx[i], "size %dx%d at %d", h, w, i);
+    }
+}
+
 static void avgpool_gradient_matches_finite_differences(void) {
     static simple_case c;
     float dx[60];
@@ -410,6 +442,7 @@ void suite_layers(void) {
     RUN(relu_gradient_matches_finite_differences);
     RUN(maxpool_gradient_matches_finite_differences);
     RUN(maxpool_pads_with_minus_infinity_and_breaks_ties_first);
+    RUN(maxpool_matches_a_reference_on_odd_and_even_sizes);
     RUN(avgpool_gradient_matches_finite_differences);
     RUN(linear_gradients_match_finite_differences);
     RUN(linear_accumulates_when_asked);
