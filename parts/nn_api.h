@@ -104,6 +104,21 @@ DTNHDEF int dtnh_buffers_find(const dtnh_buffers *b, const char *name);
    torchvision's resnet18 (BasicBlocks [2,2,2,2]) with a width, a stem and a head to choose,
    trained on arenas: one persistent (weights, gradients, buffers, the plan) and one per step
    (activations, scratch), whose exact sizes dtnh_resnet_plan_memory gives beforehand.
+
+      dtnh_resnet_config cfg = {0};        // zero means default
+      cfg.stem = DTNH_STEM_CIFAR; cfg.num_classes = 10; cfg.max_batch = 32;
+      dtnh_resnet_plan plan;
+      dtnh_resnet_plan_memory(&cfg, 1, &plan, &err);           // 1: SGD momentum's state
+      dtnh_arena_init(&pa, persistent_mem, plan.persistent);
+      dtnh_arena_init(&sa, step_mem, plan.step_train);
+      dtnh_resnet_init(&net, &cfg, &pa, &err);                 // then load weights, optim_init
+      for (;;) {                                               // x: [n, 3, 32, 32]
+          dtnh_arena_reset(&sa, 0);
+          dtnh_resnet_forward(&net, &x, &sa, &logits, &err);
+          dtnh_softmax_cross_entropy(n, 10, logits.data, labels, dlogits, &loss, &err);
+          dtnh_resnet_backward(&net, dlogits, NULL, net.params.g_j, 0, &err);
+          dtnh_optim_step(&opt, &net.params, net.params.g_j, &err);
+      }
    ============================================================================================ */
 
 typedef enum dtnh_stem {
