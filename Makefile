@@ -26,9 +26,9 @@ TEST_SRC  := tests/main.c tests/impl.c $(wildcard tests/test_*.c)
 BENCH_SRC := $(wildcard bench/*.c)
 # The programs (examples/), built in $(EX)
 EX         := $(B)/examples
-EX_SRC     := examples/lib.c examples/dtnh_train.c examples/dtnh_eval.c examples/dtnh_plot.c examples/hello.c
+EX_SRC     := examples/lib.c examples/dtnh_train.c examples/dtnh_eval.c examples/dtnh_plot.c examples/hello.c examples/plan_sizes.c
 EX_HEADERS := $(wildcard examples/*.h)
-PROGRAMS   := $(EX)/dtnh-train $(EX)/dtnh-eval $(EX)/dtnh-plot $(EX)/hello
+PROGRAMS   := $(EX)/dtnh-train $(EX)/dtnh-eval $(EX)/dtnh-plot $(EX)/hello $(EX)/plan-sizes
 
 .PHONY: all test test-run check-headers check-cxx check-san check-examples examples bench demo source data clean
 all: $(B)/tests/run examples
@@ -82,7 +82,7 @@ $(B)/bench/%: bench/%.c $(HEADERS)
 
 examples: $(PROGRAMS)
 	@mkdir -p bin && for p in $(PROGRAMS); do rm -f bin/$${p##*/} && cp $$p bin/ || exit 1; done
-	@echo "programs: bin/dtnh-train bin/dtnh-eval bin/dtnh-plot bin/hello"
+	@echo "programs: bin/dtnh-train bin/dtnh-eval bin/dtnh-plot bin/hello bin/plan-sizes"
 
 $(EX)/lib.o: examples/lib.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -96,6 +96,10 @@ $(EX)/dtnh-plot: examples/dtnh_plot.c $(EX_HEADERS)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 $(EX)/hello: examples/hello.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+$(EX)/plan-sizes: examples/plan_sizes.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
