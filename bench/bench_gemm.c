@@ -4,7 +4,10 @@
    here by an FMA loop, next to OpenBLAS's cblas_sgemm on the same shapes when
    libopenblas.so.0 can be loaded; then the convolution calls themselves (implicit im2col).
    Run:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE make bench
-   Each figure is the median of several timed repeats; the machine is shared, so check load. */
+   Each figure is the median of 7 timed samples (wall clock). The machine is shared, so each
+   row also gives load-robust figures: at 1 thread GFLOP per second of the thread's own CPU
+   time (time-slicing by other jobs does not count), at 2 threads the best sample. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #define DTNH_IMPLEMENTATION
 #include "../dtnh.h"
 
@@ -143,22 +146,40 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Median seconds per call over 5 samples, each long enough (~30 ms) to time reliably. */
-static double time_job(job_fn fn, void *ctx) {
-    double t0, once, s[5];
+static double thread_cpu(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Seconds per call: median and best wall-clock sample, best calling-thread CPU time; 7
+   samples, each long enough (~30 ms) to time reliably. */
+typedef struct timing {
+    double median, best, cpu;
+} timing;
+
+static timing time_job(job_fn fn, void *ctx) {
+    double t0, c0, once, s[7];
+    timing tm;
     int reps, r, i;
     fn(ctx); /* warm up: page faults, caches, thread start */
     t0 = now();
     fn(ctx);
     once = now() - t0;
     reps = once > 0.03 ? 1 : (int)(0.03 / (once + 1e-9)) + 1;
-    for (i = 0; i < 5; i++) {
+    tm.cpu = 1e30;
+    for (i = 0; i < 7; i++) {
         t0 = now();
+        c0 = thread_cpu();
         for (r = 0; r < reps; r++) fn(ctx);
         s[i] = (now() - t0) / reps;
+        c0 = (thread_cpu() - c0) / reps;
+        if (c0 < tm.cpu) tm.cpu = c0;
     }
-    qsort(s, 5, sizeof s[0], cmp_double);
-    return s[2];
+    qsort(s, 7, sizeof s[0], cmp_double);
+    tm.median = s[3];
+    tm.best = s[0];
+    return tm;
 }
 
 typedef struct gemm_job {
@@ -211,16 +232,23 @@ static float *random_floats(size_t n, unsigned seed) {
 }
 
 typedef struct summary {
-    double min_big, min_small, min_ratio1, min_ratio2, min_scale, max_scale, sum_scale;
+    double min_big, min_small, min_ratio1, min_ratio2, min_scale, sum_scale;
+    double min_big_r, min_small_r, min_ratio1_r, min_ratio2_r, min_scale_r, sum_scale_r;
     int n_scale;
 } summary;
 
-/* One GEMM shape: ours at 1 and 2 threads, OpenBLAS likewise; prints a row. */
+static void keep_min(double *m, double v) {
+    if (v < *m) *m = v;
+}
+
+/* One GEMM shape: ours at 1 and 2 threads, OpenBLAS likewise; prints a row. Ratios "r" use
+   the load-robust figures (1 thread: CPU time; 2 threads: best sample). */
 static void bench_gemm_shape(const char *name, const char *pass, dtnh_trans ta, dtnh_trans tb,
                              int M, int N, int K, int small, const dtnh_work *work, double peak1,
                              int have_ob, summary *sm) {
     gemm_job j;
-    double flop = 2.0 * M * N * K, g1, g2, o1 = 0, o2 = 0, maxdiff = 0;
+    double flop = 2.0 * M * N * K * 1e-9, maxdiff = 0;
+    timing d1, d2, o1, o2;
     float *C2;
     size_t i;
     j.ta = ta; j.tb = tb; j.M = M; j.N = N; j.K = K;
@@ -231,35 +259,46 @@ static void bench_gemm_shape(const char *name, const char *pass, dtnh_trans ta, 
     j.C = (float *)malloc((size_t)M * N * sizeof(float));
     j.work = work;
     set_threads(1);
-    g1 = flop / time_job(run_dtnh, &j) * 1e-9;
+    d1 = time_job(run_dtnh, &j);
     set_threads(2);
-    g2 = flop / time_job(run_dtnh, &j) * 1e-9;
+    d2 = time_job(run_dtnh, &j);
+    printf("%-15s %-4s %5d %6d %6d | %6.1f %6.1f %5.1f%% | %6.1f %6.1f %5.2fx", name, pass, M, N,
+           K, flop / d1.median, flop / d1.cpu, 100.0 * flop / d1.cpu / peak1, flop / d2.median,
+           flop / d2.best, d1.cpu / d2.best);
     if (have_ob) {
         C2 = (float *)malloc((size_t)M * N * sizeof(float));
         memcpy(C2, j.C, (size_t)M * N * sizeof(float));
         ob_set_threads(1);
-        o1 = flop / time_job(run_openblas, &j) * 1e-9;
+        o1 = time_job(run_openblas, &j);
         ob_set_threads(2);
-        o2 = flop / time_job(run_openblas, &j) * 1e-9;
+        o2 = time_job(run_openblas, &j);
         for (i = 0; i < (size_t)M * N; i++) {
             double d = fabs((double)C2[i] - j.C[i]) / (1e-3 + fabs((double)j.C[i]));
             if (d > maxdiff) maxdiff = d;
         }
         free(C2);
+        printf(" | %6.1f %5.2fx %6.1f %5.2fx | %6.1f %5.2fx %6.1f %5.2fx %7.1e", flop / o1.median,
+               o1.median / d1.median, flop / o1.cpu, o1.cpu / d1.cpu, flop / o2.median,
+               o2.median / d2.median, flop / o2.best, o2.best / d2.best, maxdiff);
+        keep_min(&sm->min_ratio1, o1.median / d1.median);
+        keep_min(&sm->min_ratio2, o2.median / d2.median);
+        keep_min(&sm->min_ratio1_r, o1.cpu / d1.cpu);
+        keep_min(&sm->min_ratio2_r, o2.best / d2.best);
     }
-    printf("%-15s %-4s %5d %6d %6d | %6.1f %5.1f%% %6.1f %5.2fx", name, pass, M, N, K, g1,
-           100.0 * g1 / peak1, g2, g2 / g1);
-    if (have_ob)
-        printf(" | %6.1f %5.2fx %6.1f %5.2fx %7.1e", o1, g1 / o1, o2, g2 / o2, maxdiff);
     printf("\n");
     fflush(stdout);
-    if (M >= 256 && N >= 256 && K >= 256 && g1 / peak1 < sm->min_big) sm->min_big = g1 / peak1;
-    if (small && g1 / peak1 < sm->min_small) sm->min_small = g1 / peak1;
-    if (have_ob && g1 / o1 < sm->min_ratio1) sm->min_ratio1 = g1 / o1;
-    if (have_ob && g2 / o2 < sm->min_ratio2) sm->min_ratio2 = g2 / o2;
-    if (g2 / g1 < sm->min_scale) sm->min_scale = g2 / g1;
-    if (g2 / g1 > sm->max_scale) sm->max_scale = g2 / g1;
-    sm->sum_scale += g2 / g1;
+    if (M >= 256 && N >= 256 && K >= 256) {
+        keep_min(&sm->min_big, flop / d1.median / peak1);
+        keep_min(&sm->min_big_r, flop / d1.cpu / peak1);
+    }
+    if (small) {
+        keep_min(&sm->min_small, flop / d1.median / peak1);
+        keep_min(&sm->min_small_r, flop / d1.cpu / peak1);
+    }
+    keep_min(&sm->min_scale, d1.median / d2.median);
+    keep_min(&sm->min_scale_r, d1.cpu / d2.best);
+    sm->sum_scale += d1.median / d2.median;
+    sm->sum_scale_r += d1.cpu / d2.best;
     sm->n_scale++;
     free((void *)j.A);
     free((void *)j.B);
@@ -307,14 +346,17 @@ static void bench_conv_layer(const conv_layer *L, double peak1) {
     j.dx = (float *)malloc((size_t)g.n * g.c_in * g.h * g.w * sizeof(float));
     j.dw = (float *)malloc((size_t)g.c_out * g.c_in * g.kh * g.kw * sizeof(float));
     for (p = 0; p < 3; p++) {
-        double flop = 2.0 * g.c_out * ((double)g.n * g.oh * g.ow) * g.c_in * g.kh * g.kw, g1, g2;
+        double flop = 2.0 * g.c_out * ((double)g.n * g.oh * g.ow) * g.c_in * g.kh * g.kw;
+        timing t1, t2;
         j.pass = p;
         set_threads(1);
-        g1 = flop / time_job(run_conv, &j) * 1e-9;
+        t1 = time_job(run_conv, &j);
         set_threads(2);
-        g2 = flop / time_job(run_conv, &j) * 1e-9;
-        printf("%-15s %-4s | %6.1f %5.1f%% %6.1f %5.2fx | work %6.2f MB\n", L->name, passes[p], g1,
-               100.0 * g1 / peak1, g2, g2 / g1, (double)bytes / 1048576.0);
+        t2 = time_job(run_conv, &j);
+        flop *= 1e-9;
+        printf("%-15s %-4s | %6.1f %6.1f %5.1f%% | %6.1f %6.1f %5.2fx | %6.2f MB\n", L->name,
+               passes[p], flop / t1.median, flop / t1.cpu, 100.0 * flop / t1.cpu / peak1,
+               flop / t2.median, flop / t2.best, t1.cpu / t2.best, (double)bytes / 1048576.0);
         fflush(stdout);
     }
     free((void *)j.x); free((void *)j.w); free((void *)j.dy);
@@ -360,12 +402,17 @@ int main(int argc, char **argv) {
     work.bytes = bytes;
     work.threads = 2;
     sm.min_big = sm.min_small = sm.min_ratio1 = sm.min_ratio2 = sm.min_scale = 1e9;
-    sm.max_scale = sm.sum_scale = 0;
+    sm.min_big_r = sm.min_small_r = sm.min_ratio1_r = sm.min_ratio2_r = sm.min_scale_r = 1e9;
+    sm.sum_scale = sm.sum_scale_r = 0;
     sm.n_scale = 0;
-    printf("\nGEMM (fwd: NN, bwdD: TN, bwdW: NT, row-major), GFLOP/s\n");
-    printf("%-15s %-4s %5s %6s %6s | %6s %6s %6s %6s", "layer", "pass", "M", "N", "K", "1 thr",
-           "%peak", "2 thr", "2/1");
-    if (have_ob) printf(" | %6s %6s %6s %6s %7s", "OB 1t", "vs OB", "OB 2t", "vs OB", "maxdiff");
+    printf("\nGEMM (fwd: NN, bwdD: TN, bwdW: NT, row-major), GFLOP/s. med: median wall clock;\n"
+           "cpu: per second of the thread's CPU time; best: best wall-clock sample;\n"
+           "%%peak from cpu; 2/1 = cpu time at 1 thread / best at 2; vs OB = OpenBLAS time / ours\n");
+    printf("%-15s %-4s %5s %6s %6s | %6s %6s %6s | %6s %6s %6s", "layer", "pass", "M", "N", "K",
+           "1t med", "1t cpu", "%peak", "2t med", "2t bst", "2/1");
+    if (have_ob)
+        printf(" | %6s %6s %6s %6s | %6s %6s %6s %6s %7s", "OB1med", "vs OB", "OB1cpu", "vs OB",
+               "OB2med", "vs OB", "OB2bst", "vs OB", "maxdiff");
     printf("\n");
     for (i = 0; i < sizeof layers / sizeof layers[0]; i++) {
         const conv_layer *L = &layers[i];
@@ -380,17 +427,28 @@ int main(int argc, char **argv) {
         bench_gemm_shape(L->name, "bwdW", DTNH_NO_TRANS, DTNH_TRANS, L->c_out, kk, cols, small,
                          &work, peak1, have_ob, &sm);
     }
-    printf("\nsummary: 1 thread, M,N,K>=256: min %.1f%% of peak; smallest (c32 layer4): min %.1f%%\n",
-           100 * sm.min_big, 100 * sm.min_small);
+    printf("\nsummary (median wall clock | load-robust: cpu at 1 thread, best at 2):\n");
+    printf("  1 thread, M,N,K >= 256: min %.1f%% | %.1f%% of the FMA peak\n", 100 * sm.min_big,
+           100 * sm.min_big_r);
+    printf("  smallest shapes (c32 layer4, N = 16*batch): min %.1f%% | %.1f%%\n",
+           100 * sm.min_small, 100 * sm.min_small_r);
     if (have_ob)
-        printf("summary: vs OpenBLAS min %.2fx at 1 thread, %.2fx at 2 threads\n", sm.min_ratio1,
-               sm.min_ratio2);
-    printf("summary: 2 threads / 1 thread: min %.2fx, mean %.2fx, max %.2fx\n", sm.min_scale,
-           sm.sum_scale / sm.n_scale, sm.max_scale);
+        printf("  vs OpenBLAS: min %.2fx | %.2fx at 1 thread, %.2fx | %.2fx at 2 threads\n",
+               sm.min_ratio1, sm.min_ratio1_r, sm.min_ratio2, sm.min_ratio2_r);
+    printf("  2 threads / 1 thread: min %.2fx | %.2fx, mean %.2fx | %.2fx\n", sm.min_scale,
+           sm.min_scale_r, sm.sum_scale / sm.n_scale, sm.sum_scale_r / sm.n_scale);
     printf("\nconvolution calls (implicit im2col), GFLOP/s (2*c_out*n*oh*ow*c_in*k*k per pass)\n");
-    printf("%-15s %-4s | %6s %6s %6s %6s\n", "layer", "pass", "1 thr", "%peak", "2 thr", "2/1");
+    printf("%-15s %-4s | %6s %6s %6s | %6s %6s %6s | %9s\n", "layer", "pass", "1t med", "1t cpu",
+           "%peak", "2t med", "2t bst", "2/1", "work");
     for (i = 0; i < sizeof layers / sizeof layers[0]; i++)
         if (!only || strstr(layers[i].name, only)) bench_conv_layer(&layers[i], peak1);
+    f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (!fgets(load, sizeof load, f)) strcpy(load, "?");
+        fclose(f);
+        load[strcspn(load, "\n")] = 0;
+        printf("\nload average at the end: %s (above ~0.5 other jobs shared the two cores: noisy)\n", load);
+    }
     free(work.buf);
     return 0;
 }
