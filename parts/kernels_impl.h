@@ -241,10 +241,11 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, 
     __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00;
     int k, ak;
-    for (k = 0; k < 8; k++) { /* C arrives while the loop runs */
-        _mm_prefetch((const char *)(c + (size_t)k * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + (size_t)k * ldc + 31), _MM_HINT_T0);
-    }
+    if (!u->first || u->beta != 0.0f)
+        for (k = 0; k < 8; k++) { /* C arrives while the loop runs */
+            _mm_prefetch((const char *)(c + (size_t)k * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + (size_t)k * ldc + 31), _MM_HINT_T0);
+        }
     for (k = 0, ak = 0; k < kc; k++, ak += ks, b += 32) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         DTNH__PREFETCH_A;
