@@ -8,11 +8,77 @@
 /* Parallelise only when there is enough work to pay for waking the threads. */
 #define DTNH__PAR_MIN 32768
 
-/* The reductions below add 16 float lanes over blocks of at most 256 values (so the loop
-   vectorises without reassociation), then the lanes and the blocks in double, in a fixed
-   order: the same bits for any thread count. */
+/* The reductions below add 16 float lanes over blocks of at most 256 values, then the lanes
+   and the blocks in double, in a fixed order: the same bits for any thread count. The lanes
+   are a GNU vector where the compiler has them (plain loops over lane arrays vectorise badly
+   at GCC -O3), else (or with DTNH_NO_SIMD) arrays; both compute the same per-lane sums. */
 #define DTNH__LANES 16
 #define DTNH__BLOCK 256
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(DTNH_NO_SIMD)
+typedef float dtnh__v16 __attribute__((vector_size(64)));
+typedef int dtnh__i16 __attribute__((vector_size(64)));
+
+/* s += p - shift, q += (p - shift)^2, lane by lane over len values (a multiple of 16). */
+static void dtnh__acc_sumsq(const float *p, size_t len, float shift, float *s, float *q) {
+    dtnh__v16 vs, vq, v;
+    size_t j;
+    memcpy(&vs, s, sizeof vs);
+    memcpy(&vq, q, sizeof vq);
+    for (j = 0; j < len; j += DTNH__LANES) {
+        memcpy(&v, p + j, sizeof v);
+        v -= shift;
+        vs += v;
+        vq += v * v;
+    }
+    memcpy(s, &vs, sizeof vs);
+    memcpy(q, &vq, sizeof vq);
+}
+
+/* s += g, q += g * (x - mean), g = dy masked by y > 0 when y is not NULL. */
+static void dtnh__acc_dy_dyx(const float *dy, const float *x, const float *y, float mean,
+                             size_t len, float *s, float *q) {
+    dtnh__v16 vs, vq, g, vx, vy;
+    size_t j;
+    memcpy(&vs, s, sizeof vs);
+    memcpy(&vq, q, sizeof vq);
+    for (j = 0; j < len; j += DTNH__LANES) {
+        memcpy(&g, dy + j, sizeof g);
+        memcpy(&vx, x + j, sizeof vx);
+        if (y) {
+            memcpy(&vy, y + j, sizeof vy);
+            g = (dtnh__v16)((dtnh__i16)g & (vy > 0.0f));
+        }
+        vs += g;
+        vq += g * (vx - mean);
+    }
+    memcpy(s, &vs, sizeof vs);
+    memcpy(q, &vq, sizeof vq);
+}
+#else
+static void dtnh__acc_sumsq(const float *p, size_t len, float shift, float *s, float *q) {
+    size_t j;
+    int k;
+    for (j = 0; j < len; j += DTNH__LANES)
+        for (k = 0; k < DTNH__LANES; k++) {
+            float v = p[j + k] - shift;
+            s[k] += v;
+            q[k] += v * v;
+        }
+}
+
+static void dtnh__acc_dy_dyx(const float *dy, const float *x, const float *y, float mean,
+                             size_t len, float *s, float *q) {
+    size_t j;
+    int k;
+    for (j = 0; j < len; j += DTNH__LANES)
+        for (k = 0; k < DTNH__LANES; k++) {
+            float g = y && !(y[j + k] > 0.0f) ? 0.0f : dy[j + k];
+            s[k] += g;
+            q[k] += g * (x[j + k] - mean);
+        }
+}
+#endif
 
 static double dtnh__lanes_sum(const float *lanes) {
     double s = 0;
@@ -26,15 +92,10 @@ static double dtnh__lanes_sum(const float *lanes) {
 static void dtnh__sum_sumsq(const float *p, size_t n, float shift, double *sum, double *sumsq) {
     size_t i = 0;
     while (i < n) {
-        size_t len = n - i < DTNH__BLOCK ? n - i : DTNH__BLOCK, j = 0;
+        size_t len = n - i < DTNH__BLOCK ? n - i : DTNH__BLOCK, j = len / DTNH__LANES * DTNH__LANES;
         float s[DTNH__LANES] = {0}, q[DTNH__LANES] = {0};
         int k;
-        for (; j + DTNH__LANES <= len; j += DTNH__LANES)
-            for (k = 0; k < DTNH__LANES; k++) {
-                float v = p[i + j + k] - shift;
-                s[k] += v;
-                q[k] += v * v;
-            }
+        dtnh__acc_sumsq(p + i, j, shift, s, q);
         for (k = 0; j < len; j++, k++) {
             float v = p[i + j] - shift;
             s[k] += v;
@@ -52,18 +113,13 @@ static void dtnh__sum_dy_dyx(const float *dy, const float *x, const float *y, fl
                              size_t n, double *sum_dy, double *sum_dyx) {
     size_t i = 0;
     while (i < n) {
-        size_t len = n - i < DTNH__BLOCK ? n - i : DTNH__BLOCK, j = 0;
-        const float *d = dy + i, *xs = x ? x + i : dy + i, *ys = y ? y + i : dy + i;
+        size_t len = n - i < DTNH__BLOCK ? n - i : DTNH__BLOCK, j = len / DTNH__LANES * DTNH__LANES;
+        const float *d = dy + i, *xs = x ? x + i : dy + i, *ys = y ? y + i : NULL;
         float s[DTNH__LANES] = {0}, q[DTNH__LANES] = {0};
-        int k, mask = y != NULL;
-        for (; j + DTNH__LANES <= len; j += DTNH__LANES)
-            for (k = 0; k < DTNH__LANES; k++) {
-                float g = mask && !(ys[j + k] > 0.0f) ? 0.0f : d[j + k];
-                s[k] += g;
-                q[k] += g * (xs[j + k] - mean);
-            }
+        int k;
+        dtnh__acc_dy_dyx(d, xs, ys, mean, j, s, q);
         for (k = 0; j < len; j++, k++) {
-            float g = mask && !(ys[j] > 0.0f) ? 0.0f : d[j];
+            float g = ys && !(ys[j] > 0.0f) ? 0.0f : d[j];
             s[k] += g;
             q[k] += g * (xs[j] - mean);
         }
