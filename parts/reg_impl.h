@@ -224,7 +224,7 @@ static dtnh_status dtnh__fmap_resolve(const dtnh_fmap_config *in, dtnh_fmap_reg 
     int i;
     if (in) c = *in;
     else memset(&c, 0, sizeof c);
-    if (c.kind < DTNH_FMAP_DISTANCE || c.kind > DTNH_FMAP_ATTENTION)
+    if ((unsigned)c.kind > (unsigned)DTNH_FMAP_ATTENTION) /* negative kinds wrap around */
         return dtnh_fail(err, DTNH_ERR_ARG, "fmap_reg: unknown kind %d", (int)c.kind);
     if (!(c.alpha >= 0) || c.alpha > 1e30)
         return dtnh_fail(err, DTNH_ERR_ARG, "fmap_reg: alpha %g, expected > 0 (0: default 0.01)", c.alpha);
