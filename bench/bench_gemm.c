@@ -38,7 +38,14 @@ static void set_threads(int t) {
 #endif
 }
 
-/* ---- FMA peak: independent FMA chains, enough to cover latency times ports ------------------ */
+static double thread_cpu(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- FMA peak: independent FMA chains, enough to cover latency times ports, timed by the
+   thread's own CPU time so other jobs on the machine do not lower it ---------------------- */
 
 static double fma_loop(long iters, float seed) {
 #if defined(__AVX512F__)
@@ -55,24 +62,24 @@ static double fma_loop(long iters, float seed) {
 #if defined(__AVX512F__)
     (void)isa;
     for (k = 0; k < chains; k++) acc[k] = _mm512_set1_ps(seed + (float)k);
-    t0 = now();
+    t0 = thread_cpu();
     for (i = 0; i < iters; i++) {
 #define F(k) acc[k] = _mm512_fmadd_ps(acc[k], m, c)
         F(0); F(1); F(2); F(3); F(4); F(5); F(6); F(7);
         F(8); F(9); F(10); F(11); F(12); F(13); F(14); F(15);
 #undef F
     }
-    t1 = now();
+    t1 = thread_cpu();
     for (k = 0; k < chains; k++) sum += _mm512_reduce_add_ps(acc[k]);
 #elif defined(__AVX2__) && defined(__FMA__)
     for (k = 0; k < chains; k++) acc[k] = _mm256_set1_ps(seed + (float)k);
-    t0 = now();
+    t0 = thread_cpu();
     for (i = 0; i < iters; i++) {
 #define F(k) acc[k] = _mm256_fmadd_ps(acc[k], m, c)
         F(0); F(1); F(2); F(3); F(4); F(5); F(6); F(7); F(8); F(9); F(10); F(11);
 #undef F
     }
-    t1 = now();
+    t1 = thread_cpu();
     for (k = 0; k < chains; k++) {
         float v[8];
         _mm256_storeu_ps(v, acc[k]);
@@ -82,10 +89,10 @@ static double fma_loop(long iters, float seed) {
     const int lanes = 1, chains = 8;
     float acc[8];
     for (k = 0; k < chains; k++) acc[k] = seed + (float)k;
-    t0 = now();
+    t0 = thread_cpu();
     for (i = 0; i < iters; i++)
         for (k = 0; k < chains; k++) acc[k] = acc[k] * 0.999999f + 1e-7f;
-    t1 = now();
+    t1 = thread_cpu();
     for (k = 0; k < chains; k++) sum += acc[k];
 #endif
     if (sum == 12345.678) printf("!"); /* keeps the loop alive */
@@ -144,12 +151,6 @@ typedef void (*job_fn)(void *ctx);
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
-}
-
-static double thread_cpu(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* Seconds per call: median and best wall-clock sample, best calling-thread CPU time; 7
