@@ -153,6 +153,35 @@ static void dtnh__transpose8(const float *src, size_t src_stride, float *dst, si
 }
 #endif
 
+#if defined(DTNH__AVX512)
+/* The 16 x 16 transpose in zmm registers: half the shuffles per element of the 8 x 8. */
+#define DTNH__HAVE_TRANSPOSE16 1
+static void dtnh__transpose16(const float *src, size_t src_stride, float *dst, size_t dst_stride) {
+    const __mmask16 all = 0xFFFF; /* maskz forms: g++ warns on the plain ones' undefined */
+    __m512 r[16], t[16];
+    int i, j;
+    for (i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * src_stride);
+    for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_maskz_unpacklo_ps(all, r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_maskz_unpackhi_ps(all, r[2 * i], r[2 * i + 1]);
+    }
+    for (i = 0; i < 4; i++) { /* r[4i + j] now holds column 4L + j of rows 4i..4i+3 in lane L */
+        r[4 * i] = _mm512_maskz_shuffle_ps(all, t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_maskz_shuffle_ps(all, t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_maskz_shuffle_ps(all, t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_maskz_shuffle_ps(all, t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (j = 0; j < 4; j++) {
+        __m512 x0 = _mm512_maskz_shuffle_f32x4(all, r[j], r[4 + j], 0x44), x1 = _mm512_maskz_shuffle_f32x4(all, r[j], r[4 + j], 0xEE);
+        __m512 y0 = _mm512_maskz_shuffle_f32x4(all, r[8 + j], r[12 + j], 0x44), y1 = _mm512_maskz_shuffle_f32x4(all, r[8 + j], r[12 + j], 0xEE);
+        _mm512_storeu_ps(dst + (size_t)j * dst_stride, _mm512_maskz_shuffle_f32x4(all, x0, y0, 0x88));
+        _mm512_storeu_ps(dst + (size_t)(4 + j) * dst_stride, _mm512_maskz_shuffle_f32x4(all, x0, y0, 0xDD));
+        _mm512_storeu_ps(dst + (size_t)(8 + j) * dst_stride, _mm512_maskz_shuffle_f32x4(all, x1, y1, 0x88));
+        _mm512_storeu_ps(dst + (size_t)(12 + j) * dst_stride, _mm512_maskz_shuffle_f32x4(all, x1, y1, 0xDD));
+    }
+}
+#endif
+
 /* How one K slice's product t lands in C: the first slice applies beta (0 ignores C, NaN
    included) and a per-row bias; later slices add. */
 typedef struct dtnh__blend {
@@ -671,6 +700,20 @@ static void dtnh__pack_folded_t(const dtnh__view *v, int k0, int kc, int n, int 
         for (q = 0; q < nr; q += 8) {
             int w8 = dtnh__kmin(8, nr - q);
             t = 0;
+#ifdef DTNH__HAVE_TRANSPOSE16
+            if (q % 16 == 0 && q + 16 <= nr) { /* a 16-channel block: zmm transposes, then 8 more */
+                for (; t + 16 <= run; t += 16)
+                    dtnh__transpose16(src + (size_t)q * v->plane + t, (size_t)v->plane,
+                                      dst + (size_t)(k + t) * DTNH__NR + q, DTNH__NR);
+                for (i = 0; i < 16; i++) {
+                    int u;
+                    for (u = t; u < run; u++)
+                        dst[(size_t)(k + u) * DTNH__NR + q + i] = src[(size_t)(q + i) * v->plane + u];
+                }
+                q += 8;
+                continue;
+            }
+#endif
             if (w8 == 8)
                 for (; t + 8 <= run; t += 8)
                     dtnh__transpose8(src + (size_t)q * v->plane + t, (size_t)v->plane,
@@ -725,7 +768,20 @@ static void dtnh__pack_b(const dtnh__gemm *G, int k0, int kc, int n0, int nc, fl
                 for (k = 0; k < kc; k++)
                     dtnh__vcopy(dst + k * DTNH__NR, v->p + (size_t)(k0 + k) * v->ld + n, nr);
         } else if (v->kind == DTNH__COLS) {
-            for (q = 0; q < nr; q += 8) {
+            q = 0;
+#ifdef DTNH__HAVE_TRANSPOSE16
+            for (; q + 16 <= nr && kc >= 16; q += 16) {
+                const float *src = v->p + (size_t)(n + q) * v->ld + k0;
+                int i;
+                for (k = 0; k + 16 <= kc; k += 16) {
+                    for (i = 0; i < 16; i++) DTNH__PREFETCH(src + (size_t)i * v->ld + k + 64);
+                    dtnh__transpose16(src + k, v->ld, dst + k * DTNH__NR + q, DTNH__NR);
+                }
+                for (; k < kc; k++)
+                    for (i = 0; i < 16; i++) dst[k * DTNH__NR + q + i] = src[(size_t)i * v->ld + k];
+            }
+#endif
+            for (; q < nr; q += 8) {
                 const float *src = v->p + (size_t)(n + q) * v->ld + k0;
                 int w8 = dtnh__kmin(8, nr - q), i;
                 k = 0;
