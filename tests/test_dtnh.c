@@ -4,6 +4,7 @@
 #include <string.h>
 #include "test.h"
 #include "../dtnh_nn.h"
+#include "formula.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -504,54 +505,6 @@ static void fused_step_rejects_bad_input(void) {
 
 /* ---- one full step against PyTorch (tools/gen_dtnh_fixtures.py) ----------------------------- */
 
-/* The closed-form weights of tools/gen_fixtures.py's docstring: element i of state tensor k. */
-static double dt_u(size_t i, int k) {
-    uint32_t x = (uint32_t)i * 0x9E3779B1u + (uint32_t)(k + 1) * 0x85EBCA77u;
-    x ^= x >> 16;
-    x *= 0x7FEB352Du;
-    x ^= x >> 15;
-    x *= 0x846CA68Bu;
-    x ^= x >> 16;
-    return (double)(x >> 8) * (1.0 / 8388608.0) - 1.0;
-}
-
-static int dt_ends_with(const char *s, const char *tail) {
-    size_t n = strlen(s), m = strlen(tail);
-    return n >= m && strcmp(s + n - m, tail) == 0;
-}
-
-/* One operation per statement, so no compiler fuses what Python rounds twice. */
-static float dt_formula(const dtnh_state_entry *e, size_t i, int k) {
-    double u = dt_u(i, k), t;
-    if (strcmp(e->name, "fc.weight") == 0) return (float)(u / sqrt((double)e->shape[1]));
-    if (dt_ends_with(e->name, ".bias") || dt_ends_with(e->name, "running_mean")) {
-        t = 0.1 * u;
-        return (float)t;
-    }
-    if (e->ndim == 4) {
-        t = sqrt(6.0 / ((double)e->shape[1] * e->shape[2] * e->shape[3]));
-        return (float)(u * t);
-    }
-    if (dt_ends_with(e->name, "running_var")) {
-        t = 0.5 * u;
-        return (float)(1.0 + t);
-    }
-    t = 0.25 * u;
-    return (float)(0.7 + t);
-}
-
-static void dt_fill(dtnh_resnet *net, int key) {
-    int k;
-    for (k = 0; k < dtnh_resnet_state_count(net); k++) {
-        dtnh_state_entry e;
-        size_t i;
-        dtnh_resnet_state_entry(net, k, &e, NULL);
-        if (e.i64) e.i64[0] = 0;
-        else
-            for (i = 0; i < e.count; i++) e.f32[i] = dt_formula(&e, i, k + key);
-    }
-}
-
 typedef struct dt_torch {
     dtnh_st_file f;
     dtnh_resnet net;
@@ -618,14 +571,14 @@ static dtnh_status dt_torch_open(dt_torch *t, const char *file, int fmap) {
         dtnh_fmap_config fc;
         memset(&fc, 0, sizeof fc);
         fc.alpha = dt_meta(t, "alpha");
-        dt_fill(&t->net, (int)dt_meta(t, "source_key"));
+        formula_fill(&t->net, (int)dt_meta(t, "source_key"));
         dtnh_copy(t->net.params.total, t->net.params.w, t->net.params.w_src);
         if ((s = dtnh_fmap_reg_init(&t->reg, &fc, &t->net, NULL, &t->persistent, NULL))) return s;
     }
-    dt_fill(&t->net, 0);
+    formula_fill(&t->net, 0);
     t->w0 = (float *)malloc(t->net.params.total * sizeof(float));
     dtnh_copy(t->net.params.total, t->net.params.w, t->w0);
-    for (i = 0; i < sizeof t->x / sizeof t->x[0]; i++) t->x[i] = (float)dt_u(i, 1000);
+    for (i = 0; i < sizeof t->x / sizeof t->x[0]; i++) t->x[i] = (float)formula_u(i, 1000);
     for (k = 0; k < 4; k++) t->labels[k] = (7 * k + 3) % 10;
     if ((s = dtnh_tensor_view(&x, t->x, 4, xshape, NULL)) ||
         (s = dtnh_resnet_forward(&t->net, &x, &t->step, &logits, NULL)) ||
