@@ -241,7 +241,7 @@ class Bench:
     def wanted(self):
         """Every run of the protocol whose inputs exist, in the order that makes a bench cut
         short by --deadline most useful: seed 1 of L2-SP with DTNH and the never-hurt test
-        first, the costly feature-map regularizers after, further seeds last."""
+        first, then their further seeds, then L2 and the costly feature-map regularizers."""
         if any(f"source-{slug(s)}" not in self.results for s in SOURCES):
             return self.pretrain_jobs()
         jobs = self.scratch_jobs(1)
@@ -265,12 +265,12 @@ class Bench:
         jobs += reg_cells("l2sp", 1) + never_hurt("l2sp", 1) + never_hurt("fm", 1)
         if self.grid_done(*PLOT_PAIR, "l2sp"):
             jobs += self.plot_jobs() + [self.determinism_job()]
+        for seed in self.seeds()[1:]:  # paired seeds of L2-SP vs DTNH(L2-SP) before more columns
+            jobs += self.scratch_jobs(seed) + reg_cells("l2sp", seed) + never_hurt("l2sp", seed)
         jobs += reg_cells("l2", 1)
-        for seed in self.seeds()[1:]:
-            jobs += never_hurt("l2sp", seed)
         jobs += sorted(reg_cells("fm", 1), key=lambda j: "dtnh" not in j[0])  # a finished grid's DTNH first
         for seed in self.seeds()[1:]:
-            jobs += self.scratch_jobs(seed) + reg_cells("l2sp", seed) + reg_cells("l2", seed)
+            jobs += reg_cells("l2", seed)
         jobs += sorted(reg_cells("delta", 1), key=lambda j: "dtnh" not in j[0])
         for seed in self.seeds()[1:]:
             jobs += never_hurt("fm", seed) + reg_cells("fm", seed) + reg_cells("delta", seed)
