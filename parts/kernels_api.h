@@ -59,6 +59,9 @@ DTNHDEF void dtnh_conv2d_forward(const dtnh_conv_geom *g, const float *x, const 
 /* dx = gradient with respect to x; dx is overwritten. */
 DTNHDEF void dtnh_conv2d_backward_data(const dtnh_conv_geom *g, const float *dy, const float *w,
                                        float *dx, const dtnh_work *work);
+/* The same, added to what dx holds (a residual block's input gradient, without a temporary). */
+DTNHDEF void dtnh_conv2d_backward_data_add(const dtnh_conv_geom *g, const float *dy,
+                                           const float *w, float *dx, const dtnh_work *work);
 /* dw (and dbias when not NULL) = gradients with respect to w and bias; added to what they
    hold when accumulate is non-zero, else overwritten. */
 DTNHDEF void dtnh_conv2d_backward_weights(const dtnh_conv_geom *g, const float *x,

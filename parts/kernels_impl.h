@@ -1343,7 +1343,7 @@ static void dtnh__col2im_add(const dtnh_conv_geom *g, const float *t, size_t ld,
 }
 
 static void dtnh__backward_data_col2im(const dtnh_conv_geom *g, const float *dy, const float *w,
-                                       float *dx, const dtnh_work *work) {
+                                       float *dx, int add, const dtnh_work *work) {
     dtnh__plan F, P, W;
     dtnh__gemm G;
     dtnh_conv_geom dyg = dtnh__plane_geom(g->n, g->c_out, g->oh * g->ow);
@@ -1360,7 +1360,7 @@ static void dtnh__backward_data_col2im(const dtnh_conv_geom *g, const float *dy,
     T = dtnh__threads_for(work, P.thread_bytes, (double)G.M * G.N * G.K);
     (void)T; /* used only by the pragma */
     DTNH_ASSERT(work->bytes >= P.thread_bytes + 64 && work->buf);
-    dtnh__zero_parallel(dx, (size_t)g->n * g->c_in * g->h * g->w);
+    if (!add) dtnh__zero_parallel(dx, (size_t)g->n * g->c_in * g->h * g->w);
     DTNH__OMP(parallel num_threads(T) if (T > 1))
     {
         int t = dtnh__omp_thread(), nt = dtnh__omp_team(), ch, col;
@@ -1382,16 +1382,17 @@ static void dtnh__backward_data_col2im(const dtnh_conv_geom *g, const float *dy,
     }
 }
 
-DTNHDEF void dtnh_conv2d_backward_data(const dtnh_conv_geom *g, const float *dy, const float *w,
-                                       float *dx, const dtnh_work *work) {
+/* dx = (add ? dx : 0) + the gradient. */
+static void dtnh__backward_data(const dtnh_conv_geom *g, const float *dy, const float *w, float *dx,
+                                int add, const dtnh_work *work) {
     dtnh__gemm G;
     int path = dtnh__backward_data_path(g), kk = g->kh * g->kw;
     if (path == DTNH__BWD_COL2IM) {
-        dtnh__backward_data_col2im(g, dy, w, dx, work);
+        dtnh__backward_data_col2im(g, dy, w, dx, add, work);
         return;
     }
     G.alpha = 1.0f;
-    G.beta = 0.0f;
+    G.beta = add ? 1.0f : 0.0f;
     G.bias = NULL;
     if (path == DTNH__BWD_FLIPPED) {
         dtnh_conv_geom f = dtnh__flipped_geom(g);
@@ -1410,9 +1411,19 @@ DTNHDEF void dtnh_conv2d_backward_data(const dtnh_conv_geom *g, const float *dy,
         G.b = dtnh__view_conv(DTNH__IM2COL, dy, &dyg);
         G.c = dtnh__view_conv(DTNH__SCATTER, dx, g);
         /* pixels no tap reads (stride > kernel) get no gradient */
-        dtnh__zero_parallel(dx, (size_t)g->n * g->c_in * g->h * g->w);
+        if (!add) dtnh__zero_parallel(dx, (size_t)g->n * g->c_in * g->h * g->w);
     }
     dtnh__gemm_run(&G, work);
+}
+
+DTNHDEF void dtnh_conv2d_backward_data(const dtnh_conv_geom *g, const float *dy, const float *w,
+                                       float *dx, const dtnh_work *work) {
+    dtnh__backward_data(g, dy, w, dx, 0, work);
+}
+
+DTNHDEF void dtnh_conv2d_backward_data_add(const dtnh_conv_geom *g, const float *dy,
+                                           const float *w, float *dx, const dtnh_work *work) {
+    dtnh__backward_data(g, dy, w, dx, 1, work);
 }
 
 DTNHDEF void dtnh_im2col(const dtnh_conv_geom *g, const float *x_image, float *col) {

@@ -255,6 +255,34 @@ static void conv_backward_weights_accumulates_when_asked(void) {
     free(x); free(dy); free(dw0); free(dw); free(db0); free(db); free(mem);
 }
 
+/* backward_data_add adds the same gradient backward_data writes, on every path (flipped
+   convolution, scatter, col2im). */
+static void conv_backward_data_add_adds_the_gradient(void) {
+    static const int p[][9] = {{2, 16, 8, 8, 12, 3, 3, 1, 1}, {2, 6, 9, 9, 7, 1, 1, 2, 0},
+                               {3, 2, 11, 8, 5, 3, 3, 2, 1}, {2, 5, 7, 7, 300, 1, 1, 2, 0}};
+    dtnh_rng r;
+    size_t s, i;
+    dtnh_rng_seed(&r, 15);
+    for (s = 0; s < sizeof p / sizeof p[0]; s++) {
+        dtnh_conv_geom g;
+        dtnh_work work;
+        float *dy, *w, *dx, *acc;
+        void *mem;
+        CHECK(geom_from(&g, p[s]));
+        dy = rnd(y_count(&g), &r); w = rnd(w_count(&g), &r);
+        dx = rnd(x_count(&g), &r); acc = rnd(x_count(&g), &r);
+        mem = conv_work(&work, &g, 1);
+        for (i = 0; i < x_count(&g); i++) acc[i] = (float)(i % 7) - 3.0f;
+        dtnh_conv2d_backward_data(&g, dy, w, dx, &work);
+        dtnh_conv2d_backward_data_add(&g, dy, w, acc, &work);
+        for (i = 0; i < x_count(&g); i++)
+            CHECK_MSG(fabs(acc[i] - ((float)(i % 7) - 3.0f + dx[i])) <= 1e-5 * (1 + fabs(dx[i])),
+                      "geometry %zu: dx[%zu] %.9g + %d != %.9g", s, i, dx[i], (int)(i % 7) - 3, acc[i]);
+        CHECK(guard_intact(&work));
+        free(dy); free(w); free(dx); free(acc); free(mem);
+    }
+}
+
 /* Every pass gives the same bits with one and two threads. */
 static void conv_is_identical_for_any_thread_count(void) {
     static const int p[][9] = {{3, 16, 12, 12, 24, 3, 3, 1, 1}, {2, 8, 13, 13, 16, 3, 3, 2, 1},
@@ -393,5 +421,6 @@ void suite_conv(void) {
     RUN(conv_passes_match_reference_loops);
     RUN(conv_gradients_match_finite_differences);
     RUN(conv_backward_weights_accumulates_when_asked);
+    RUN(conv_backward_data_add_adds_the_gradient);
     RUN(conv_is_identical_for_any_thread_count);
 }
