@@ -28,18 +28,18 @@
 #define DTNH__NR 16
 #endif
 
+/* Block sizes (definable before the include, for tuning). Tiles run along C's rows: an A
+   panel (MR x KC) stays in L1 while the B block (KC x NC, 1 MiB) streams from L2; the A block
+   (MC x KC) is packed once per B block. Only KC changes the arithmetic (how K is sliced). */
 #ifndef DTNH__KC
 #define DTNH__KC 256
 #endif
-#define DTNH__KC_  /* the longest K slice: a KC x NR sliver of B stays in L1 */
 #ifndef DTNH__MC
 #define DTNH__MC 256
 #endif
-#define DTNH__MC_  /* rows of the packed A block, which stays in L2 */
 #ifndef DTNH__NC
 #define DTNH__NC 1024
 #endif
-#define DTNH__NC_ /* columns of the packed B block */
 #define DTNH__PAR_MADDS 262144.0 /* multiply-adds below which one thread is quicker */
 
 #if defined(__GNUC__) || defined(__clang__)
