@@ -31,6 +31,8 @@
       DTNH_ASSERT(x)      replace assert() for the library's internal invariants
       DTNH_NO_STDIO       leave out everything that touches files (bare-metal builds)
       DTNH_ARENA_ALIGN    default arena alignment in bytes (64)
+      DTNH_NO_SIMD        the portable C micro-kernel even where AVX-512, AVX2/FMA or NEON
+                          intrinsics are available (they are chosen at compile time)
 
    OpenMP: compile with -fopenmp and the kernels run in parallel; results are bit-identical
    for any thread count, and without OpenMP.

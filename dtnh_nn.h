@@ -1,13 +1,44 @@
 /* dtnh_nn.h - v0.1 - public domain (or MIT) - networks for dtnh: layers, ResNet-18,
-   regularizers, safetensors weights and data readers
+   transfer regularizers, safetensors weights and checkpoints, data readers
 
-   Built on dtnh.h (include it first, or let this file include it).
+   What fine-tuning on a device needs above the core in dtnh.h: the layers and a ResNet-18
+   laid out as torchvision's (so its weights load as they are), trained on two arenas whose
+   exact sizes are asked first; the regularizers that tie the model to its source (L2, L2-SP,
+   feature maps, DELTA, attention transfer), each writing into g_Omega only, for the DTNH
+   step to project; weights and whole training states in safetensors files, saved atomically;
+   and readers for IDX, CIFAR-10 and PGM/PPM images with few-shot sampling and augmentation.
 
    DO THIS
       #define DTNH_IMPLEMENTATION
       #include "dtnh.h"
       #include "dtnh_nn.h"
    in exactly one C or C++ file; every other file includes both as plain headers.
+
+   OPTIONS (define before including; dtnh.h's options apply too)
+      DTNH_NO_STDIO       leave out every file reader and writer (the memory variants stay)
+      DTNH_NO_DIRENT      leave out the PGM/PPM folder reader (it needs POSIX opendir)
+      DTNH_NO_FSYNC       save without fsync (where POSIX fsync is missing)
+
+   EXAMPLE (fine-tune a source with DTNH(L2-SP); error checks left out)
+      dtnh_resnet_config cfg = {0};                  // zero means default
+      dtnh_resnet_config_from_file("source.safetensors", &scratch, &cfg, &err);
+      cfg.num_classes = 5; cfg.height = cfg.width_px = 28; cfg.max_batch = 32;
+      cfg.roles = DTNH_ROLE_W | DTNH_ROLE_W_SRC | DTNH_ROLE_G_J;
+      dtnh_resnet_plan_memory(&cfg, 1, &plan, &err);  // exact bytes; 1: momentum's vector
+      dtnh_arena_init(&pa, malloc(plan.persistent), plan.persistent);
+      dtnh_arena_init(&sa, malloc(plan.step_train), plan.step_train);
+      dtnh_resnet_init(&net, &cfg, &pa, &err);
+      dtnh_resnet_load_file(&net, "source.safetensors", &sa, NULL, &report, &err);
+      dtnh_copy(net.params.total, net.params.w, net.params.w_src);   // w_s for L2-SP
+      dtnh_optim_init(&opt, &optim_cfg, &net.params, &pa, &err);
+      for (;;) {
+          dtnh_arena_reset(&sa, 0);
+          dtnh_resnet_forward(&net, &x, &sa, &logits, &err);
+          dtnh_softmax_cross_entropy(n, 5, logits.data, labels, dlogits, &loss, &err);
+          dtnh_resnet_backward(&net, dlogits, NULL, NULL, 0, &err);   // g_J
+          dtnh_step_l2sp(&opt, NULL, NULL, &net.params, net.params.g_j, &stats, &err);
+      }
+      dtnh_resnet_save(&net, "tuned.safetensors", &err);   // loads into torchvision
 
    LICENSE: see the end of the file.
 */
