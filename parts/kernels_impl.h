@@ -563,9 +563,13 @@ static void dtnh__im2col_run16(const dtnh_conv_geom *g, const float *ximg, int o
     for (r = 0; r < nrows; r++, dst += dst_stride) {
         int iy = iy0 + i;
         __m512 v = _mm512_setzero_ps();
-        if (iy >= 0 && iy < g->h && jmask[j])
-            v = _mm512_maskz_loadu_ps(jmask[j], dtnh__floats_before(ximg + (size_t)c * plane + (size_t)iy * g->w,
-                                                                   -(ix00 + j)));
+        if (iy >= 0 && iy < g->h && jmask[j]) {
+            const float *row = ximg + (size_t)c * plane + (size_t)iy * g->w;
+            if (j == 0) /* two rows down: what the next slivers read (too many streams for the
+                           prefetchers); an integer sum, as the row may be the tensor's last */
+                DTNH__PREFETCH((const void *)((uintptr_t)row + 2 * (uintptr_t)g->w * sizeof(float)));
+            v = _mm512_maskz_loadu_ps(jmask[j], dtnh__floats_before(row, -(ix00 + j)));
+        }
         if (room >= 16) _mm512_storeu_ps(dst, v); /* what spills is overwritten by later runs */
         else _mm512_mask_storeu_ps(dst, store, v);
         if (++j == g->kw) {
@@ -587,8 +591,11 @@ static void dtnh__im2col_run(const dtnh_conv_geom *g, const float *x, const dtnh
     int iy0 = oy * s - g->pad, ix00 = ox0 * s - g->pad;
     const float *ximg = x + (size_t)img * (size_t)g->c_in * (size_t)g->h * (size_t)g->w;
 #if defined(DTNH__AVX512)
-    if (s == 1 && len <= 16 && g->kw <= 16) {
-        dtnh__im2col_run16(g, ximg, oy, ox0, len, row0, nrows, dst, dst_stride, room);
+    if (s == 1 && len <= 32 && g->kw <= 16) { /* a run of up to 32: two halves */
+        int first = dtnh__kmin(len, 16);
+        dtnh__im2col_run16(g, ximg, oy, ox0, first, row0, nrows, dst, dst_stride, room);
+        if (len > 16)
+            dtnh__im2col_run16(g, ximg, oy, ox0 + 16, len - 16, row0, nrows, dst + 16, dst_stride, room - 16);
         return;
     }
 #endif
@@ -749,13 +756,13 @@ static void dtnh__pack_b(const dtnh__gemm *G, int k0, int kc, int n0, int nc, fl
     if (v->kind == DTNH__IM2COL) {
         /* Eight rows at a time across the columns: consecutive runs read consecutive input
            rows (prefetchers follow), and each run lands in one sliver. */
-        int k8;
-        for (k8 = 0; k8 < kc; k8 += 8) {
+        int k8, group = nc <= DTNH__NR ? kc : 8; /* one sliver stays in L1: all rows per run */
+        for (k8 = 0; k8 < kc; k8 += group) {
             dtnh__runs w;
             dtnh__runs_start(&w, v->g.ow, v->g.oh * v->g.ow, n0, n0 + nc, DTNH__NR);
             for (; dtnh__runs_next(&w, n0); dtnh__runs_advance(&w)) {
                 int rel = w.col - n0;
-                dtnh__im2col_run(&v->g, v->p, &w, k0 + k8, dtnh__kmin(8, kc - k8),
+                dtnh__im2col_run(&v->g, v->p, &w, k0 + k8, dtnh__kmin(group, kc - k8),
                                  dst + (size_t)(rel / DTNH__NR) * dtnh__sliver_stride(kc) + (size_t)k8 * DTNH__NR + rel % DTNH__NR,
                                  DTNH__NR, DTNH__NR - rel % DTNH__NR);
             }
@@ -949,10 +956,38 @@ static void dtnh__macro(const dtnh__gemm *G, int kc, const float *abuf, int ic, 
     }
 }
 
+/* Few rows of C: each packed B sliver serves only a few A panels, so packing a whole B block
+   (1 MiB, written out to L2 and read back) costs as much as the arithmetic. Instead all of A's
+   rows are packed once per K slice and each B sliver is packed just before its tiles use it,
+   while it is still in L1. Same tiles, same K slices: the same arithmetic. */
+#ifndef DTNH__FEW_ROWS
+#define DTNH__FEW_ROWS 64
+#endif
+
+static void dtnh__gemm_range_few_rows(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
+                                      int n_lo, int n_hi, float *abuf, float *bbuf) {
+    int jc, pc, ir, mc = m_hi - m_lo;
+    for (pc = 0; pc < G->K; pc += P->kc) {
+        int kc = dtnh__kmin(P->kc, G->K - pc);
+        dtnh__pack_a(G, m_lo, mc, pc, kc, abuf);
+        for (jc = n_lo; jc < n_hi; jc += DTNH__NR) {
+            int nr = dtnh__kmin(DTNH__NR, n_hi - jc);
+            dtnh__pack_b(G, pc, kc, jc, nr, bbuf);
+            for (ir = 0; ir < mc; ir += DTNH__MR)
+                dtnh__tile(G, kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), bbuf, m_lo + ir,
+                           dtnh__kmin(DTNH__MR, mc - ir), jc, nr, pc == 0);
+        }
+    }
+}
+
 /* C rows [m_lo, m_hi) x columns [n_lo, n_hi), all of K, on one thread's buffers. */
 static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                              int n_lo, int n_hi, float *abuf, float *bbuf) {
     int jc, pc, ic;
+    if (m_hi - m_lo <= DTNH__FEW_ROWS && m_hi - m_lo <= P->mc) {
+        dtnh__gemm_range_few_rows(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
+        return;
+    }
     for (jc = n_lo; jc < n_hi; jc += P->nc) {
         int nc = dtnh__kmin(P->nc, n_hi - jc);
         for (pc = 0; pc < G->K; pc += P->kc) {
