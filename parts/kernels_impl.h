@@ -547,31 +547,42 @@ static void dtnh__runs_advance(dtnh__runs *w) {
 /* Writes rows [row0, row0 + nrows) of the im2col matrix of image img, for the output pixels
    (oy, ox0 .. ox0 + len - 1), to dst + r * dst_stride. Rows are (c, i, j) in order. */
 #if defined(DTNH__AVX512)
-/* Stride 1, at most 16 outputs: the load mask of each kernel column j is fixed for the run,
-   so a row is one masked load and one masked store. The hot path of conv packing. */
-static void dtnh__im2col_run16(const dtnh_conv_geom *g, const float *ximg, int oy, int ox0,
+/* Stride 1, at most 32 outputs: the load masks of each kernel column j are fixed for the run,
+   so a row is one or two masked loads and stores. The hot path of conv packing. */
+static void dtnh__im2col_run32(const dtnh_conv_geom *g, const float *ximg, int oy, int ox0,
                                int len, int row0, int nrows, float *dst, size_t dst_stride,
                                int room) {
-    __mmask16 jmask[16], store = (__mmask16)((1u << len) - 1u);
+    __mmask16 lo_mask[16], hi_mask[16];
+    __mmask16 store_lo = (__mmask16)(len >= 16 ? 0xFFFFu : (1u << len) - 1u);
+    __mmask16 store_hi = (__mmask16)(len > 16 ? (1u << (len - 16)) - 1u : 0u);
     int kk = g->kh * g->kw, c = row0 / kk, i = row0 % kk / g->kw, j = row0 % g->kw, r, q;
-    int iy0 = oy - g->pad, ix00 = ox0 - g->pad;
+    int iy0 = oy - g->pad, ix00 = ox0 - g->pad, wide = len > 16;
     size_t plane = (size_t)g->h * (size_t)g->w;
     for (q = 0; q < g->kw; q++) { /* output t reads ix00 + q + t: valid for lo <= t < hi */
         int ix0 = ix00 + q, lo = ix0 < 0 ? -ix0 : 0, hi = dtnh__kmin(len, g->w - ix0);
-        jmask[q] = hi > lo ? (__mmask16)(((1u << (hi - lo)) - 1u) << lo) : (__mmask16)0;
+        uint32_t m = hi > lo ? (uint32_t)((((uint64_t)1 << (hi - lo)) - 1u) << lo) : 0u;
+        lo_mask[q] = (__mmask16)(m & 0xFFFFu);
+        hi_mask[q] = (__mmask16)(m >> 16);
     }
     for (r = 0; r < nrows; r++, dst += dst_stride) {
         int iy = iy0 + i;
-        __m512 v = _mm512_setzero_ps();
-        if (iy >= 0 && iy < g->h && jmask[j]) {
+        __m512 v0 = _mm512_setzero_ps(), v1 = _mm512_setzero_ps();
+        if (iy >= 0 && iy < g->h) {
             const float *row = ximg + (size_t)c * plane + (size_t)iy * g->w;
+            const float *src = dtnh__floats_before(row, -(ix00 + j));
             if (j == 0) /* two rows down: what the next slivers read (too many streams for the
                            prefetchers); an integer sum, as the row may be the tensor's last */
                 DTNH__PREFETCH((const void *)((uintptr_t)row + 2 * (uintptr_t)g->w * sizeof(float)));
-            v = _mm512_maskz_loadu_ps(jmask[j], dtnh__floats_before(row, -(ix00 + j)));
+            if (lo_mask[j]) v0 = _mm512_maskz_loadu_ps(lo_mask[j], src);
+            if (hi_mask[j]) v1 = _mm512_maskz_loadu_ps(hi_mask[j], dtnh__floats_before(src, -16));
         }
-        if (room >= 16) _mm512_storeu_ps(dst, v); /* what spills is overwritten by later runs */
-        else _mm512_mask_storeu_ps(dst, store, v);
+        /* full stores where the spill is rewritten by later runs (masked stores are slow) */
+        if (room >= 16) _mm512_storeu_ps(dst, v0);
+        else _mm512_mask_storeu_ps(dst, store_lo, v0);
+        if (wide) {
+            if (room >= 32) _mm512_storeu_ps(dst + 16, v1);
+            else _mm512_mask_storeu_ps(dst + 16, store_hi, v1);
+        }
         if (++j == g->kw) {
             j = 0;
             if (++i == g->kh) i = 0, c++;
@@ -591,11 +602,8 @@ static void dtnh__im2col_run(const dtnh_conv_geom *g, const float *x, const dtnh
     int iy0 = oy * s - g->pad, ix00 = ox0 * s - g->pad;
     const float *ximg = x + (size_t)img * (size_t)g->c_in * (size_t)g->h * (size_t)g->w;
 #if defined(DTNH__AVX512)
-    if (s == 1 && len <= 32 && g->kw <= 16) { /* a run of up to 32: two halves */
-        int first = dtnh__kmin(len, 16);
-        dtnh__im2col_run16(g, ximg, oy, ox0, first, row0, nrows, dst, dst_stride, room);
-        if (len > 16)
-            dtnh__im2col_run16(g, ximg, oy, ox0 + 16, len - 16, row0, nrows, dst + 16, dst_stride, room - 16);
+    if (s == 1 && len <= 32 && g->kw <= 16) {
+        dtnh__im2col_run32(g, ximg, oy, ox0, len, row0, nrows, dst, dst_stride, room);
         return;
     }
 #endif
