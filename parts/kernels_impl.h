@@ -763,8 +763,9 @@ static void dtnh__pack_b(const dtnh__gemm *G, int k0, int kc, int n0, int nc, fl
     }
     if (v->kind == DTNH__IM2COL) {
         /* Eight rows at a time across the columns: consecutive runs read consecutive input
-           rows (prefetchers follow), and each run lands in one sliver. */
-        int k8, group = nc <= DTNH__NR ? kc : 8; /* one sliver stays in L1: all rows per run */
+           rows (prefetchers follow), and each run lands in one sliver. A single sliver stays
+           in L1, so it takes all its rows per run (fewer, longer calls). */
+        int k8, group = nc <= DTNH__NR ? kc : 8;
         for (k8 = 0; k8 < kc; k8 += group) {
             dtnh__runs w;
             dtnh__runs_start(&w, v->g.ow, v->g.oh * v->g.ow, n0, n0 + nc, DTNH__NR);
@@ -966,24 +967,28 @@ static void dtnh__macro(const dtnh__gemm *G, int kc, const float *abuf, int ic, 
 
 /* Few rows of C: each packed B sliver serves only a few A panels, so packing a whole B block
    (1 MiB, written out to L2 and read back) costs as much as the arithmetic. Instead all of A's
-   rows are packed once per K slice and each B sliver is packed just before its tiles use it,
-   while it is still in L1. Same tiles, same K slices: the same arithmetic. */
+   rows are packed once per K slice of each column block (whose C block stays in L2 across the
+   slices) and each B sliver is packed just before its tiles use it, while it is still in L1.
+   Same tiles, same K slices: the same arithmetic. */
 #ifndef DTNH__FEW_ROWS
 #define DTNH__FEW_ROWS 64
 #endif
 
 static void dtnh__gemm_range_few_rows(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                                       int n_lo, int n_hi, float *abuf, float *bbuf) {
-    int jc, pc, ir, mc = m_hi - m_lo;
-    for (pc = 0; pc < G->K; pc += P->kc) {
-        int kc = dtnh__kmin(P->kc, G->K - pc);
-        dtnh__pack_a(G, m_lo, mc, pc, kc, abuf);
-        for (jc = n_lo; jc < n_hi; jc += DTNH__NR) {
-            int nr = dtnh__kmin(DTNH__NR, n_hi - jc);
-            dtnh__pack_b(G, pc, kc, jc, nr, bbuf);
-            for (ir = 0; ir < mc; ir += DTNH__MR)
-                dtnh__tile(G, kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), bbuf, m_lo + ir,
-                           dtnh__kmin(DTNH__MR, mc - ir), jc, nr, pc == 0);
+    int jb, jc, pc, ir, mc = m_hi - m_lo;
+    for (jb = n_lo; jb < n_hi; jb += P->nc) {
+        int jb_end = dtnh__kmin(jb + P->nc, n_hi);
+        for (pc = 0; pc < G->K; pc += P->kc) {
+            int kc = dtnh__kmin(P->kc, G->K - pc);
+            dtnh__pack_a(G, m_lo, mc, pc, kc, abuf);
+            for (jc = jb; jc < jb_end; jc += DTNH__NR) {
+                int nr = dtnh__kmin(DTNH__NR, jb_end - jc);
+                dtnh__pack_b(G, pc, kc, jc, nr, bbuf);
+                for (ir = 0; ir < mc; ir += DTNH__MR)
+                    dtnh__tile(G, kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), bbuf,
+                               m_lo + ir, dtnh__kmin(DTNH__MR, mc - ir), jc, nr, pc == 0);
+            }
         }
     }
 }
