@@ -9,7 +9,7 @@ SAN     ?= 0
 ARCH    ?= -march=native
 OPT     ?= -O2
 WARN    := -std=c99 -Wall -Wextra -pedantic
-HEADERS := dtnh.h dtnh_nn.h $(wildcard parts/*.h)
+HEADERS := dtnh.h dtnh_nn.h
 
 ifeq ($(OMP),1)
   OMPFLAG := -fopenmp
