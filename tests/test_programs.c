@@ -239,6 +239,22 @@ static void every_regularizer_and_dtnh_mode_trains(void) {
         }
 }
 
+/* --data takes the other formats the library reads: a folder of PGM/PPM class folders and a
+   CIFAR-10 binary batch (the tiny fixtures of tests/test_data.c). */
+static void train_reads_a_pgm_folder_and_a_cifar_batch(void) {
+    CHECK(tp_fixtures() == 0);
+    CHECK_MSG(tp_run("dtnh-train", "--data tests/fixtures/data/folder --width 4 --batch 2 --iters 2 --eval-every 0 "
+                                   "--reg none --dtnh off --save @folder.safetensors") == 0,
+              "folder: %.200s", tp_err);
+    CHECK(tp_exists("folder.safetensors"));
+    CHECK_MSG(tp_run("dtnh-train", "--data tests/fixtures/data/tiny.cifar --width 4 --batch 2 --iters 2 --eval-every 0 "
+                                   "--reg none --dtnh off --save @cifar.safetensors") == 0,
+              "cifar: %.200s", tp_err);
+    CHECK(tp_exists("cifar.safetensors"));
+    CHECK_REFUSED("dtnh-train", "--data tests/fixtures/data/folder-badsize --width 4 --batch 2 --iters 2 --reg none",
+                  "folder-badsize");
+}
+
 static void optimizers_and_freezing_train(void) {
     static const char *variants[] = {"--optim sgd", "--optim adam --lr 0.001", "--freeze stem", "--freeze layer2",
                                      "--freeze backbone", "--freeze kernels", "--lr-step 1,2 --crop-pad 2 --flip",
@@ -483,6 +499,7 @@ void suite_programs(void) {
     RUN(train_log_has_a_row_per_iteration);
     RUN(progress_into_a_pipe_is_plain_lines);
     RUN(every_regularizer_and_dtnh_mode_trains);
+    RUN(train_reads_a_pgm_folder_and_a_cifar_batch);
     RUN(optimizers_and_freezing_train);
     RUN(test_images_can_be_held_out_of_the_data);
     RUN(the_same_seed_gives_the_same_run);
