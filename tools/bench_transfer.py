@@ -162,15 +162,17 @@ class Bench:
                 while progress:  # take what an earlier bench left first: it may unlock more
                     progress = False
                     for name, cmd in wanted():
-                        if name in self.results or name in running.values():
-                            continue
-                        r = self.cached(name, cmd)
-                        if r is not None:
-                            self.results[name] = r
-                            self.reused += 1
-                            progress = True
-                        elif not late and len(running) < self.a.jobs:
-                            running[ex.submit(self.run_one, name, cmd)] = name
+                        if name not in self.results and name not in running.values():
+                            r = self.cached(name, cmd)
+                            if r is not None:
+                                self.results[name] = r
+                                self.reused += 1
+                                progress = True
+                for name, cmd in [] if late else wanted():
+                    if len(running) >= self.a.jobs:
+                        break
+                    if name not in self.results and name not in running.values():
+                        running[ex.submit(self.run_one, name, cmd)] = name
                 if late and not self.stopped:
                     self.stopped = time.strftime("%H:%M")
                     print(f"bench-transfer: the deadline has passed; waiting for {len(running)} running run(s)")
@@ -223,9 +225,14 @@ class Bench:
     def scratch_jobs(self, seed):
         return [self.job(None, t, "scratch", None, seed) for t in TARGETS]
 
-    def plot_jobs(self):
+    def plot_alphas(self):
+        """The chosen alpha, and alpha 1 (the never-hurt strength, where DTNH has work to do)."""
+        a = self.chosen_alpha(*PLOT_PAIR, "l2sp")
+        return [a] if a == "1" else [a, "1"]
+
+    def plot_jobs(self, a=None):
         src, tgt = PLOT_PAIR
-        a = self.chosen_alpha(src, tgt, "l2sp")
+        a = a or self.chosen_alpha(src, tgt, "l2sp")
         every = 5 if self.a.quick else 20
         return [self.job(src, tgt, m, a, 1, eval_every=every, suffix="-curve") for m in ("l2sp", "dtnh-l2sp")]
 
@@ -264,7 +271,7 @@ class Bench:
 
         jobs += reg_cells("l2sp", 1) + never_hurt("l2sp", 1) + never_hurt("fm", 1)
         if self.grid_done(*PLOT_PAIR, "l2sp"):
-            jobs += self.plot_jobs() + [self.determinism_job()]
+            jobs += [j for a in self.plot_alphas() for j in self.plot_jobs(a)] + [self.determinism_job()]
         for seed in self.seeds()[1:]:  # paired seeds of L2-SP vs DTNH(L2-SP) before more columns
             jobs += self.scratch_jobs(seed) + reg_cells("l2sp", seed) + never_hurt("l2sp", seed)
         jobs += reg_cells("l2", 1)
@@ -291,20 +298,23 @@ class Bench:
 
     # ---- results -------------------------------------------------------------------------
     def plots(self):
+        """dtnh-plot's loss.svg (Fig. 3), angles-*.svg (Figs. 4-5), accuracy.svg per alpha."""
         src, tgt = PLOT_PAIR
-        names = [n for n, _ in self.plot_jobs()]
-        logs = [os.path.join(self.runs, n + ".csv") for n in names]
-        out = os.path.join(self.out, "plots")
-        os.makedirs(out, exist_ok=True)
-        a = self.chosen_alpha(src, tgt, "l2sp")
-        title = f"{src} to {tgt}, 30 per class, alpha {a}, seed 1"
-        subprocess.run([os.path.join(self.bin, "dtnh-plot"), "--logs", ",".join(logs), "--names", "L2-SP,DTNH(L2-SP)",
-                        "--out", out, "--title", title], stdout=subprocess.DEVNULL, check=False)
-        if self.a.plots_to and not self.a.quick:
-            os.makedirs(self.a.plots_to, exist_ok=True)
-            for f in sorted(os.listdir(out)):
-                if f.endswith(".svg"):
-                    shutil.copy(os.path.join(out, f), os.path.join(self.a.plots_to, f))
+        for a in self.plot_alphas():
+            logs = [os.path.join(self.runs, n + ".csv") for n, _ in self.plot_jobs(a)]
+            if not all(os.path.exists(f) for f in logs):
+                continue
+            out = os.path.join(self.out, "plots", f"alpha-{a}")
+            os.makedirs(out, exist_ok=True)
+            title = f"{src} to {tgt}, 30 per class, alpha {a}, seed 1"
+            subprocess.run([os.path.join(self.bin, "dtnh-plot"), "--logs", ",".join(logs), "--names",
+                            "L2-SP,DTNH(L2-SP)", "--out", out, "--title", title], stdout=subprocess.DEVNULL, check=False)
+            if self.a.plots_to and not self.a.quick:
+                dest = os.path.join(self.a.plots_to, f"alpha-{a}")
+                os.makedirs(dest, exist_ok=True)
+                for f in sorted(os.listdir(out)):
+                    if f.endswith(".svg"):
+                        shutil.copy(os.path.join(out, f), os.path.join(dest, f))
 
     def cell(self, src, tgt, method, alpha):
         rs = [self.results.get(self.name(src, tgt, method, alpha, s)) for s in self.seeds()]
