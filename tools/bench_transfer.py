@@ -157,7 +157,7 @@ class Bench:
         running = {}
         with cf.ThreadPoolExecutor(self.a.jobs) as ex:
             while True:
-                late = self.deadline is not None and time.time() > self.deadline
+                late = self.a.report_only or (self.deadline is not None and time.time() > self.deadline)
                 progress = True
                 while progress:  # take what an earlier bench left first: it may unlock more
                     progress = False
@@ -173,7 +173,7 @@ class Bench:
                         break
                     if name not in self.results and name not in running.values():
                         running[ex.submit(self.run_one, name, cmd)] = name
-                if late and not self.stopped:
+                if late and not self.stopped and not self.a.report_only:
                     self.stopped = time.strftime("%H:%M")
                     print(f"bench-transfer: the deadline has passed; waiting for {len(running)} running run(s)")
                 if not running:
@@ -212,7 +212,9 @@ class Bench:
 
     def chosen_alpha(self, src, tgt, reg):
         """Best validation accuracy at seed 1, ties to the lower validation loss; a run that
-        diverged or failed ranks last."""
+        diverged or failed ranks last. None until every alpha of the grid has run."""
+        if not self.grid_done(src, tgt, reg):
+            return None
         best = None
         for a in self.alphas():
             r = self.results.get(self.name(src, tgt, reg, a, 1), {})
@@ -228,7 +230,7 @@ class Bench:
     def plot_alphas(self):
         """The chosen alpha, and alpha 1 (the never-hurt strength, where DTNH has work to do)."""
         a = self.chosen_alpha(*PLOT_PAIR, "l2sp")
-        return [a] if a == "1" else [a, "1"]
+        return [x for x in (a, "1") if x and (x != "1" or a != "1")]
 
     def plot_jobs(self, a=None):
         src, tgt = PLOT_PAIR
@@ -325,10 +327,16 @@ class Bench:
         w = lines.append
         q = self.a.quick
         seeds = self.seeds()
-        w(f"Made by `{self.a.command}` ({'QUICK: ' if q else ''}{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
-          f" per cell: {', '.join(map(str, seeds))}) on {machine()}, {self.wall / 60:.1f} min wall "
-          f"({self.ran} runs run, {self.reused} reused from an earlier bench in {self.out}); load average at the "
-          f"start {self.a.load_at_start}.")
+        if self.a.report_only:
+            if self.a.deadline:
+                self.stopped = self.a.deadline
+            w(f"Made by `{self.a.command}` on {machine()}: the {len(self.results)} runs in {self.out} "
+              f"(`python3 tools/bench_transfer.py --report-only` remakes these tables from them).")
+        else:
+            w(f"Made by `{self.a.command}` ({'QUICK: ' if q else ''}{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+              f" per cell: {', '.join(map(str, seeds))}) on {machine()}, {self.wall / 60:.1f} min wall "
+              f"({self.ran} runs run, {self.reused} reused from an earlier bench in {self.out}); load average at "
+              f"the start {self.a.load_at_start}.")
         w("")
         if self.stopped:
             w(f"**Cut short**: `--deadline` stopped new runs at {self.stopped}; a cell run with fewer seeds than "
@@ -394,7 +402,11 @@ class Bench:
                     r = self.results.get(self.name(src, tgt, reg, a, 1), {})
                     v = r.get("val_acc", float("nan"))
                     tried.append(f"{a}: {'div' if r.get('diverged') else f'{100 * v:.0f}'}")
-                row.append(f"**{ch}** ({', '.join(tried)})" if len(tried) > 1 else f"**{ch}**")
+                if ch is None:
+                    done = [t for t in tried if not t.endswith("nan")]
+                    row.append(f"grid not run ({', '.join(done)})" if done else "not run")
+                else:
+                    row.append(f"**{ch}** ({', '.join(tried)})" if len(tried) > 1 else f"**{ch}**")
             w(f"| {src}→{tgt} | " + " | ".join(row) + " |")
         w("")
         w("DTNH runs: share of the steps whose gradients conflicted (cos(g_J, g_Ω) < 0, the steps DTNH "
@@ -450,7 +462,7 @@ class Bench:
         curve = self.results.get(orig + "-curve", {})
         same_curve = all(curve.get(k) == a.get(k) for k in ("test_acc", "test_loss", "val_acc", "val_loss", "final_j"))
         return (f"`{orig}` run twice: {'every number of the result line identical' if same else 'THE NUMBERS DIFFER'}"
-                f" ({a.get('line', '')}); the same cell with the test set evaluated every 20 iterations (the "
+                f" ({re.sub(r' seconds=[0-9.]+', '', a.get('line', ''))}); the same cell with the test set evaluated every 20 iterations (the "
                 f"plots' run) ends {'identically' if same_curve else 'DIFFERENTLY'}.")
 
 
@@ -562,12 +574,13 @@ def main():
     p.add_argument("--out", default=None)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--deadline", default=None, help="HH:MM: start no run after this time (local)")
+    p.add_argument("--report-only", action="store_true", help="run nothing: the tables from the runs in --out")
     p.add_argument("--fresh", action="store_true", help="run everything again (no reuse of earlier runs)")
     p.add_argument("--benchmarks", default=None, help="write the tables between the markers of this file")
     p.add_argument("--plots-to", default=None, help="copy the D-A to FM-B plots (SVG) here")
     a = p.parse_args()
     a.out = a.out or ("build/transfer-quick" if a.quick else "build/transfer")
-    a.command = "make bench-transfer" + (" QUICK=1" if a.quick else "")
+    a.command = "make bench-transfer" + (" QUICK=1" if a.quick else "") + (f" DEADLINE={a.deadline}" if a.deadline else "")
     a.load_at_start = " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
     for f in (os.path.join(BIN, "dtnh-train"), f"{D}/digits-images-idx3-ubyte", f"{D}/fashion-train-images-idx3-ubyte"):
         if not os.path.exists(f):
