@@ -17,7 +17,7 @@
       dtnh_arena counter, arena;
       dtnh_arena_init(&counter, NULL, 0);          // counts only
       build_everything(&counter);                  // same calls as below
-      void *mem = malloc(dtnh_arena_used(&counter));   // or a static buffer
+      void *mem = your_memory(dtnh_arena_used(&counter)); // yours: a static buffer...
       dtnh_arena_init(&arena, mem, dtnh_arena_used(&counter));
       build_everything(&arena);                    // now assigns; cannot run out
 

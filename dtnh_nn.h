@@ -25,8 +25,8 @@
       cfg.num_classes = 5; cfg.height = cfg.width_px = 28; cfg.max_batch = 32;
       cfg.roles = DTNH_ROLE_W | DTNH_ROLE_W_SRC | DTNH_ROLE_G_J;
       dtnh_resnet_plan_memory(&cfg, 1, &plan, &err);  // exact bytes; 1: momentum's vector
-      dtnh_arena_init(&pa, malloc(plan.persistent), plan.persistent);
-      dtnh_arena_init(&sa, malloc(plan.step_train), plan.step_train);
+      dtnh_arena_init(&pa, persistent_mem, plan.persistent);   // your memory, that size
+      dtnh_arena_init(&sa, step_mem, plan.step_train);
       dtnh_resnet_init(&net, &cfg, &pa, &err);
       dtnh_resnet_load_file(&net, "source.safetensors", &sa, NULL, &report, &err);
       dtnh_copy(net.params.total, net.params.w, net.params.w_src);   // w_s for L2-SP
