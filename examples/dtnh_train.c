@@ -76,6 +76,10 @@ static trainer T;
 
 static int is_fmap(int reg) { return reg == REG_FM || reg == REG_DELTA || reg == REG_AT; }
 
+/* Plain distillation needs only g_J + g_Omega: one backward pass carries the loss and the hooks
+   together, and cos(g_J, g_Omega) goes unmeasured (--angles measures it with a second pass). */
+static int one_backward(const trainer *t) { return is_fmap(t->o.reg) && t->o.dtnh == MODE_OFF && !t->o.angles; }
+
 /* Combinations the table cannot express. */
 static int check_options(trainer *t) {
     train_opts *o = &t->o;
@@ -373,8 +377,10 @@ static dtnh_status stream_init(trainer *t, dtnh_error *err) {
     return dtnh_batch_stream_init(&t->stream, t->ntrain, (uint64_t)t->o.seed + 2, &a, err);
 }
 
-/* Forward and backward of the next minibatch: g_J in params.g_j, J and the batch accuracy. */
-static dtnh_status forward_backward(trainer *t, dtnh_tensor *x, double *loss, double *acc, dtnh_error *err) {
+/* Forward and (when `backward`) backward of the next minibatch: g_J in params.g_j, J and the
+   batch accuracy; dlogits either way. */
+static dtnh_status forward_backward(trainer *t, dtnh_tensor *x, int backward, double *loss, double *acc,
+                                    dtnh_error *err) {
     int b = t->o.batch, k, correct = 0;
     dtnh_tensor logits;
     dtnh_status s;
@@ -387,12 +393,13 @@ static dtnh_status forward_backward(trainer *t, dtnh_tensor *x, double *loss, do
         return s;
     for (k = 0; k < b; k++) correct += prog_argmax(logits.data + (size_t)k * (size_t)t->classes, t->classes) == t->batch.labels[k];
     *acc = (double)correct / b;
-    return dtnh_resnet_backward(&t->net, t->dlogits, NULL, NULL, 0, err);
+    return backward ? dtnh_resnet_backward(&t->net, t->dlogits, NULL, NULL, 0, err) : DTNH_OK;
 }
 
 /* g_Omega and the update: the fused L2 family, or a feature-map regularizer plus L2 on the
    head, each through the DTNH direction (or the plain sum with --dtnh off). A NaN or Inf in
-   the loss, the weights or a gradient stops it before anything changes. */
+   the loss, the weights or a gradient stops it before anything changes. With one_backward()
+   g_j gets J's and the feature maps' gradients together and g_omega the head's L2 alone. */
 static dtnh_status regularize_and_step(trainer *t, const dtnh_tensor *x, double loss, dtnh_direction_stats *st,
                                        dtnh_error *err) {
     dtnh_params *p = &t->net.params;
@@ -403,8 +410,13 @@ static dtnh_status regularize_and_step(trainer *t, const dtnh_tensor *x, double 
         if (t->o.reg == REG_NONE) return dtnh_optim_step(&t->opt, p, p->g_j, err);
         return dtnh_step_l2sp(&t->opt, &t->dc, &t->rc, p, p->g_j, st, err);
     }
-    if ((s = dtnh_fmap_reg_compute(&t->reg, x, &t->sa, NULL, p->g_omega, 0, &omega, err)) ||
-        (s = dtnh_reg_l2(t->o.beta, DTNH_GROUP_HEAD, p, p->g_omega, &head, err)) ||
+    if (one_backward(t)) {
+        if ((s = dtnh_fmap_reg_compute(&t->reg, x, &t->sa, t->dlogits, p->g_j, 0, &omega, err))) return s;
+        dtnh_fill(p->total, p->g_omega, 0.0f);
+    } else if ((s = dtnh_fmap_reg_compute(&t->reg, x, &t->sa, NULL, p->g_omega, 0, &omega, err))) {
+        return s;
+    }
+    if ((s = dtnh_reg_l2(t->o.beta, DTNH_GROUP_HEAD, p, p->g_omega, &head, err)) ||
         (s = dtnh_check_step_finite(p, &t->opt, loss, p->g_j, p->g_omega, err)) ||
         (s = dtnh_step(&t->opt, &t->dc, p, p->g_j, p->g_omega, st, err)))
         return s;
@@ -421,8 +433,9 @@ static void record_step(trainer *t, int it, double loss, double acc, const dtnh_
     row[RL_LR] = lr;
     row[RL_SECONDS] = prog_now() - t->t0;
     if (t->o.reg == REG_NONE) return;
-    t->conflicts += st->cos_j_omega < 0;
     row[RL_OMEGA] = st->omega;
+    if (one_backward(t)) return; /* g_J and g_Omega were never apart */
+    t->conflicts += st->cos_j_omega < 0;
     row[RL_COS] = st->cos_j_omega;
     row[RL_PROJECTED] = st->projected;
     row[RL_NORM_GJ] = st->norm_g_j;
@@ -451,8 +464,9 @@ static void progress(trainer *t, int it) {
     if (!t->terminal && (it + 1) % every != 0 && it + 1 != total) return;
     /* short enough for an 80-column terminal, where a wrapped line could not be redrawn */
     printf("%siter %d/%d J %.4f", t->terminal ? "\r" : "", it + 1, total, recent(rl, RL_J, 10));
-    if (t->o.reg != REG_NONE)
-        printf(" Omega %.3g %s %.0f%%", recent(rl, RL_OMEGA, 10), t->o.dtnh == MODE_OFF ? "conflict" : "proj",
+    if (t->o.reg != REG_NONE) printf(" Omega %.3g", recent(rl, RL_OMEGA, 10));
+    if (t->o.reg != REG_NONE && !one_backward(t))
+        printf(" %s %.0f%%", t->o.dtnh == MODE_OFF ? "conflict" : "proj",
                100 * (t->o.dtnh == MODE_OFF ? t->conflicts / (it + 1.0) : recent(rl, RL_PROJECTED, it + 1)));
     printf(" acc %.1f%% %.0f img/s %d:%02d left%s", 100 * recent(rl, RL_TRAIN_ACC, 20),
            (it + 1) * (double)t->o.batch / (el > 1e-9 ? el : 1e-9), (int)(left / 60), (int)fmod(left, 60),
@@ -494,7 +508,7 @@ static dtnh_status head_phase(trainer *t, dtnh_error *err) {
         double loss = 0, acc = 0;
         for (i = 0; i < t->o.head_iters; i++) {
             dtnh_tensor x;
-            if ((s = forward_backward(t, &x, &loss, &acc, err)) ||
+            if ((s = forward_backward(t, &x, 1, &loss, &acc, err)) ||
                 (s = dtnh_optim_step(&t->head_opt, &t->net.params, t->net.params.g_j, err)))
                 return s;
         }
@@ -616,7 +630,7 @@ static dtnh_status train(trainer *t, dtnh_error *err) {
         dtnh_tensor x;
         double loss = NAN, acc = 0, lr = dtnh_schedule_lr(&t->opt.cfg.schedule, t->opt.cfg.lr, t->opt.step);
         memset(&st, 0, sizeof st);
-        s = forward_backward(t, &x, &loss, &acc, err);
+        s = forward_backward(t, &x, !one_backward(t), &loss, &acc, err);
         if (!s) s = regularize_and_step(t, &x, loss, &st, err);
         if (s == DTNH_ERR_NUMERIC || (!s && loss != loss)) {
             record_step(t, it, NAN, acc, &st, lr);
@@ -656,7 +670,7 @@ static int write_outputs(trainer *t) {
     if (runlog_plot_loss(t->o.plot, title, &t->log, (const char *const *)&name, 1))
         return prog_fail(PROG, "--plot %s: cannot write it", t->o.plot);
     angles_path(t->o.plot, apath, sizeof apath);
-    if (t->o.reg != REG_NONE && runlog_plot_angles(apath, title, &t->log))
+    if (t->o.reg != REG_NONE && !one_backward(t) && runlog_plot_angles(apath, title, &t->log))
         return prog_fail(PROG, "--plot: cannot write %s", apath);
     return 0;
 }
@@ -669,7 +683,10 @@ static void report(trainer *t) {
     if (t->nval) printf("val: accuracy %.2f%%, loss %.4f (%d images)\n", 100 * s.val_acc, s.val_loss, t->nval);
     printf("train: J %.4f, Omega %.4g (means of the last 10 iterations)\n", s.final_j,
            t->o.reg == REG_NONE ? 0.0 : s.final_omega);
-    if (t->o.reg != REG_NONE)
+    if (one_backward(t))
+        printf("dtnh: cos(g_J, g_Omega) not measured (plain %s takes one backward pass; --angles measures it)\n",
+               reg_names[t->o.reg]);
+    else if (t->o.reg != REG_NONE)
         printf("dtnh: g_J and g_Omega conflicted (cos < 0) in %.1f%% of the steps, %s; mean cos %.4f\n",
                100 * s.conflict_rate, t->o.dtnh == MODE_OFF ? "not projected (--dtnh off)" : "projected", s.mean_cos);
     printf("result: test_acc=%.4f test_loss=%.4f val_acc=%.4f val_loss=%.4f final_j=%.4f final_omega=%.4g "

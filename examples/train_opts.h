@@ -19,7 +19,7 @@ typedef struct train_opts {
     const char *checkpoint, *resume;
     cli_int_list classes, lr_step;
     int shots, val_shots, reg, dtnh, optim, iters, batch, freeze, threads, seed, save_dtype, width, stem,
-        in_channels, size, crop_pad, flip, eval_every, head_iters, memory, keep_head, checkpoint_every, test_rest;
+        in_channels, size, crop_pad, flip, eval_every, head_iters, memory, keep_head, checkpoint_every, test_rest, angles;
     float alpha, beta, lr, momentum, test_fraction;
 } train_opts;
 
@@ -67,6 +67,7 @@ static int train_option_table(cli_option *o, train_opts *v) {
     OPT("crop-pad", CLI_INT, &v->crop_pad, 0, 64, NULL, "random crop after zero padding of this many pixels; 0: none");
     OPT("flip", CLI_FLAG, &v->flip, 0, 0, NULL, "random horizontal flips (wrong for digits)");
     OPT("eval-every", CLI_INT, &v->eval_every, -1, 1e8, NULL, "evaluate test and validation images every N iterations; -1: iters/10; 0: at the end only");
+    OPT("angles", CLI_FLAG, &v->angles, 0, 0, NULL, "with --dtnh off and fm, delta or at: back-propagate J and Omega apart to log cos(g_J, g_Omega) and Angles 1-4 (a second backward pass; without it one pass carries both, as plain distillation needs)");
     OPT("hooks", CLI_STRING, &v->hooks, 0, 0, NULL, "layers the fm, delta and at regularizers compare");
     OPT("head-iters", CLI_INT, &v->head_iters, -1, 1e8, NULL, "first train the new head alone this long; -1: 50 for delta (its attention needs a trained head), else 0");
     OPT("keep-head", CLI_FLAG, &v->keep_head, 0, 0, NULL, "keep the source's head when its class count fits (resume a run) instead of re-creating it");
