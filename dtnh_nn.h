@@ -488,7 +488,8 @@ DTNHDEF dtnh_status dtnh_st_write_memory(const dtnh_st_tensor *tensors, int coun
 DTNHDEF dtnh_status dtnh_st_open(dtnh_st_file *f, const char *path, dtnh_arena *scratch,
                                  dtnh_error *err);
 /* Writes the file to "<path>.tmp", flushes it (and fsyncs it on POSIX), then renames it over
-   path: a crash or a failure leaves the previous file whole. Needs no memory. */
+   path (and fsyncs the directory): a crash or a failure leaves the previous file whole. Needs
+   no memory. */
 DTNHDEF dtnh_status dtnh_st_save(const char *path, const dtnh_st_tensor *tensors, int count,
                                  const dtnh_st_meta *meta, int meta_count, dtnh_error *err);
 #endif
@@ -3858,6 +3859,29 @@ static int dtnh__st_flush_to_disk(FILE *fp) {
     return 1;
 }
 
+/* After the rename the new name lives in the directory's own data: fsync the directory too,
+   or a power cut may bring back the old file (or none). fopen(dir, "r") gives a descriptor on
+   POSIX systems without <fcntl.h>. Best effort: the file itself is already safe on disk. */
+static void dtnh__st_sync_dir(const char *path) {
+#ifdef DTNH__ST_FSYNC
+    char dir[DTNH__ST_PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    FILE *d;
+    if (!slash) strcpy(dir, ".");
+    else if (slash == path) strcpy(dir, "/");
+    else {
+        memcpy(dir, path, (size_t)(slash - path));
+        dir[slash - path] = '\0';
+    }
+    d = fopen(dir, "r");
+    if (!d) return;
+    (void)fsync((fileno)(d));
+    fclose(d);
+#else
+    (void)path;
+#endif
+}
+
 DTNHDEF dtnh_status dtnh_st_save(const char *path, const dtnh_st_tensor *tensors, int count,
                                  const dtnh_st_meta *meta, int meta_count, dtnh_error *err) {
     char tmp[DTNH__ST_PATH_MAX];
@@ -3889,6 +3913,7 @@ DTNHDEF dtnh_status dtnh_st_save(const char *path, const dtnh_st_tensor *tensors
         remove(tmp);
         return dtnh_fail(err, DTNH_ERR_IO, "st_save: cannot rename '%s' to '%s'", tmp, path);
     }
+    dtnh__st_sync_dir(path);
     return DTNH_OK;
 }
 
