@@ -541,6 +541,11 @@ DTNHDEF dtnh_status dtnh_resnet_load(dtnh_resnet *net, dtnh_st_file *f, const dt
    *size. */
 DTNHDEF dtnh_status dtnh_resnet_save_memory(const dtnh_resnet *net, void *buf, size_t capacity,
                                             size_t *size, dtnh_error *err);
+/* The state_dict as writer tensors over the network's own memory (floats written as `floats`,
+   counters as I64), to save with metadata of one's own through dtnh_st_save. t has room for
+   dtnh_resnet_state_count(net) entries; *count gets that number. */
+DTNHDEF dtnh_status dtnh_resnet_state_tensors(const dtnh_resnet *net, dtnh_st_dtype floats,
+                                              dtnh_st_tensor *t, int *count, dtnh_error *err);
 /* The configuration a file tells by its shapes: stem from conv1.weight's kernel (7: imagenet,
    3: cifar), width from its output channels, in_channels from its input channels, num_classes
    from fc.weight. Sets those four fields of cfg and leaves the others as they are. */
@@ -4057,9 +4062,10 @@ DTNHDEF dtnh_status dtnh_resnet_load(dtnh_resnet *net, dtnh_st_file *f, const dt
 }
 
 /* The network's state_dict as writer tensors, in torchvision's order. */
-static dtnh_status dtnh__st_state_tensors(const dtnh_resnet *net, dtnh_st_tensor *t, int *count,
-                                          dtnh_error *err) {
+DTNHDEF dtnh_status dtnh_resnet_state_tensors(const dtnh_resnet *net, dtnh_st_dtype floats,
+                                              dtnh_st_tensor *t, int *count, dtnh_error *err) {
     int i, d, n = dtnh_resnet_state_count(net);
+    if (!net || !t || !count) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_save: NULL network, tensors or count");
     if (n > DTNH__RESNET_MAX_STATE)
         return dtnh_fail(err, DTNH_ERR_ARG, "resnet_save: %d state entries, at most %d", n,
                          DTNH__RESNET_MAX_STATE);
@@ -4072,7 +4078,7 @@ static dtnh_status dtnh__st_state_tensors(const dtnh_resnet *net, dtnh_st_tensor
                              "(external weights)", e.name);
         memset(&t[i], 0, sizeof t[i]);
         t[i].name = e.name;
-        t[i].dtype = e.i64 ? DTNH_ST_I64 : DTNH_ST_F32;
+        t[i].dtype = e.i64 ? DTNH_ST_I64 : floats;
         t[i].ndim = e.ndim;
         for (d = 0; d < e.ndim; d++) t[i].shape[d] = e.shape[d];
         t[i].f32 = e.f32;
@@ -4089,8 +4095,7 @@ DTNHDEF dtnh_status dtnh_resnet_save_memory(const dtnh_resnet *net, void *buf, s
     dtnh_st_tensor t[DTNH__RESNET_MAX_STATE];
     int n = 0;
     dtnh_status s;
-    if (!net) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_save: NULL network");
-    if ((s = dtnh__st_state_tensors(net, t, &n, err))) return s;
+    if ((s = dtnh_resnet_state_tensors(net, DTNH_ST_F32, t, &n, err))) return s;
     return dtnh_st_write_memory(t, n, dtnh__st_torch_meta, 1, buf, capacity, size, err);
 }
 
@@ -4146,8 +4151,7 @@ DTNHDEF dtnh_status dtnh_resnet_save(const dtnh_resnet *net, const char *path, d
     dtnh_st_tensor t[DTNH__RESNET_MAX_STATE];
     int n = 0;
     dtnh_status s;
-    if (!net) return dtnh_fail(err, DTNH_ERR_ARG, "resnet_save: NULL network");
-    if ((s = dtnh__st_state_tensors(net, t, &n, err))) return s;
+    if ((s = dtnh_resnet_state_tensors(net, DTNH_ST_F32, t, &n, err))) return s;
     return dtnh_st_save(path, t, n, dtnh__st_torch_meta, 1, err);
 }
 

@@ -301,19 +301,9 @@ PROGDEF dtnh_status prog_save_weights(const dtnh_resnet *net, const char *path, 
     static dtnh_st_tensor t[DTNH__RESNET_MAX_STATE];
     static char text[4][1024];
     dtnh_st_meta meta[6];
-    int n = dtnh_resnet_state_count(net), i, k, m = 0, ch = net->cfg.in_channels;
-    dtnh_status s;
-    for (i = 0; i < n; i++) {
-        dtnh_state_entry e;
-        if ((s = dtnh_resnet_state_entry(net, i, &e, err))) return s;
-        memset(&t[i], 0, sizeof t[i]);
-        t[i].name = e.name;
-        t[i].ndim = e.ndim;
-        for (k = 0; k < e.ndim; k++) t[i].shape[k] = e.shape[k];
-        t[i].dtype = e.i64 ? DTNH_ST_I64 : dtype;
-        t[i].f32 = e.f32;
-        t[i].i64 = e.i64;
-    }
+    int n = 0, m = 0, ch = net->cfg.in_channels;
+    dtnh_status s = dtnh_resnet_state_tensors(net, dtype, t, &n, err);
+    if (s) return s;
     meta[m].key = "format", meta[m++].value = "pt";
     snprintf(text[0], sizeof text[0], "%dx%dx%d", ch, net->cfg.height, net->cfg.width_px);
     meta[m].key = "dtnh.input", meta[m++].value = text[0];

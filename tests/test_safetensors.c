@@ -624,18 +624,8 @@ static int st_nets_equal(const dtnh_resnet *a, const dtnh_resnet *b) {
 
 /* The network's state as writer tensors, to make files with a tensor changed. */
 static int st_state_tensors(const dtnh_resnet *net, dtnh_st_tensor *t) {
-    int i, d, n = dtnh_resnet_state_count(net);
-    for (i = 0; i < n; i++) {
-        dtnh_state_entry e;
-        dtnh_resnet_state_entry(net, i, &e, NULL);
-        memset(&t[i], 0, sizeof t[i]);
-        t[i].name = e.name;
-        t[i].dtype = e.i64 ? DTNH_ST_I64 : DTNH_ST_F32;
-        t[i].ndim = e.ndim;
-        for (d = 0; d < e.ndim; d++) t[i].shape[d] = e.shape[d];
-        t[i].f32 = e.f32;
-        t[i].i64 = e.i64;
-    }
+    int n = 0;
+    dtnh_resnet_state_tensors(net, DTNH_ST_F32, t, &n, NULL);
     return n;
 }
 
