@@ -1932,11 +1932,189 @@ static void dtnh__gemm_range_few_rows(const dtnh__gemm *G, const dtnh__plan *P, 
     }
 }
 
+#if defined(DTNH__AVX512)
+/* ---- direct same-size convolutions: B straight from the input ----------------------------- */
+/* In a stride-1 convolution whose output is as large as its input (3x3 pad 1: all of
+   ResNet's 3x3 stride-1 layers, forward and the flipped backward-data), tap (c, i, j) of
+   output pixel q reads input element c*H*W + q + (i-pad)*W + (j-pad): linear in q. So 16
+   consecutive output pixels of one image are one masked load per tap, the mask zeroing the
+   lanes whose tap falls into the padding, and no B sliver is packed (with 16 to 64 output
+   channels, packing cost as much as the multiply-adds). Every element of C is the same chain
+   of FMAs over the same K slices as the packed path, with the same zeros in the padding, and
+   is blended the same way: the same bits. */
+
+#define DTNH__DIRECT_TAPS 64 /* largest kh*kw taken directly */
+
+static int dtnh__direct_ok(const dtnh__gemm *G) {
+    const dtnh_conv_geom *g = &G->b.g;
+    int kk = g->kh * g->kw, plane = g->h * g->w;
+    if (G->b.kind != DTNH__IM2COL || G->c.kind != DTNH__FOLDED) return 0;
+    if (g->stride != 1 || kk < 2 || kk > DTNH__DIRECT_TAPS || g->oh != g->h || g->ow != g->w) return 0;
+    if ((double)g->c_in * plane >= (double)(1 << 25)) return 0; /* offsets fit a code (below) */
+    return (plane + 15) / 16 * 16 <= plane + plane / 8; /* at most 1/8 of the lanes idle */
+}
+
+/* Bytes of a thread's B buffer the direct path uses: a code per k, masks per 16 pixels. */
+static size_t dtnh__direct_bytes(const dtnh_conv_geom *g, int kc) {
+    return (size_t)kc * sizeof(int32_t) + (size_t)((g->h * g->w + 15) / 16) * (size_t)(g->kh * g->kw) * sizeof(__mmask16);
+}
+
+/* code[k] for K slice [k0, k0+kc): the input offset of tap k (c*H*W + i*W + j) times 64, plus
+   the tap index i*kw + j. */
+static void dtnh__direct_codes(const dtnh_conv_geom *g, int k0, int kc, int32_t *code) {
+    int kk = g->kh * g->kw, k;
+    for (k = 0; k < kc; k++) {
+        int c = (k0 + k) / kk, t = (k0 + k) % kk;
+        code[k] = (int32_t)((c * g->h * g->w + t / g->kw * g->w + t % g->kw) * 64 + t);
+    }
+}
+
+/* masks[(q / 16) * kk + t]: the lanes of pixels q .. q+15 (q a multiple of 16) whose tap t
+   reads inside the image. */
+static void dtnh__direct_masks(const dtnh_conv_geom *g, __mmask16 *masks) {
+    int plane = g->h * g->w, kk = g->kh * g->kw, q, lane, t;
+    for (q = 0; q < plane; q += 16) {
+        __mmask16 *m = masks + (q / 16) * kk;
+        for (t = 0; t < kk; t++) m[t] = 0;
+        for (lane = 0; lane < 16 && q + lane < plane; lane++) {
+            int oy = (q + lane) / g->w, ox = (q + lane) % g->w;
+            for (t = 0; t < kk; t++) {
+                int iy = oy + t / g->kw - g->pad, ix = ox + t % g->kw - g->pad;
+                if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w) m[t] |= (__mmask16)(1u << lane);
+            }
+        }
+    }
+}
+
+/* Up to 16 consecutive output pixels of one image, starting at column col of C. */
+typedef struct dtnh__dpiece {
+    uintptr_t src; /* where tap offset 0 of lane 0 reads (may lie before x: masked lanes only) */
+    float *dst;    /* C's element (m_lo, col) */
+    int len;
+    __mmask16 mask[DTNH__DIRECT_TAPS];
+} dtnh__dpiece;
+
+/* The piece from col (ending at a multiple of 16 pixels, the image's end or end); returns the
+   column after it. */
+static int dtnh__direct_piece(const dtnh__gemm *G, const __mmask16 *masks, int m_lo, int col, int end,
+                              dtnh__dpiece *p) {
+    const dtnh_conv_geom *g = &G->b.g;
+    int plane = g->h * g->w, kk = g->kh * g->kw, img = col / plane, q = col % plane, t;
+    int shift = q % 16, len = dtnh__kmin(dtnh__kmin(16 - shift, plane - q), end - col);
+    ptrdiff_t at = (ptrdiff_t)img * g->c_in * plane + q - (ptrdiff_t)g->pad * (g->w + 1);
+    __mmask16 lanes = (__mmask16)((1u << len) - 1u);
+    const __mmask16 *m = masks + (q / 16) * kk;
+    p->src = (uintptr_t)G->b.p + (uintptr_t)at * sizeof(float);
+    p->dst = G->c.p + ((size_t)img * G->c.ch + (size_t)m_lo) * (size_t)plane + (size_t)q;
+    p->len = len;
+    for (t = 0; t < kk; t++) p->mask[t] = (__mmask16)((m[t] >> shift) & lanes);
+    return col + len;
+}
+
+static void dtnh__out512_masked(float *c, __m512 v, __mmask16 m, const dtnh__blend *u, float bias) {
+    __m512 va = _mm512_set1_ps(u->alpha);
+    if (!u->first) {
+        v = _mm512_fmadd_ps(va, v, _mm512_maskz_loadu_ps(m, c));
+    } else {
+        v = _mm512_fmadd_ps(va, v, _mm512_set1_ps(bias));
+        if (u->beta != 0.0f) v = _mm512_fmadd_ps(_mm512_set1_ps(u->beta), _mm512_maskz_loadu_ps(m, c), v);
+    }
+    _mm512_mask_storeu_ps(c, m, v);
+}
+
+/* An MR x 32 tile of C over pieces p0 and p1 (p1->len may be 0): the micro-kernel with its B
+   rows loaded from the input. */
+#define DTNH__DROW(r)                                             \
+    do {                                                          \
+        __m512 a_ = _mm512_set1_ps(a##r[ak]);                      \
+        c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);               \
+        c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);               \
+    } while (0)
+#define DTNH__DOUT(r)                                                                          \
+    do {                                                                                       \
+        if ((r) < mr) {                                                                        \
+            float bias_ = bias ? bias[r] : 0.0f;                                               \
+            dtnh__out512_masked(d0 + (size_t)(r) * ldc, c##r##0, lanes0, u, bias_);       \
+            if (lanes1) dtnh__out512_masked(d1 + (size_t)(r) * ldc, c##r##1, lanes1, u, bias_); \
+        }                                                                                      \
+    } while (0)
+static void dtnh__direct_kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks,
+                                const int32_t *DTNH__RESTRICT code, const dtnh__dpiece *p0,
+                                const dtnh__dpiece *p1, float *d0, float *d1, int mr, size_t ldc,
+                                const dtnh__blend *u, const float *bias) {
+    const float *a0 = a, *a1 = a + rs, *a2 = a + 2 * rs, *a3 = a + 3 * rs;
+    const float *a4 = a + 4 * rs, *a5 = a + 5 * rs, *a6 = a + 6 * rs, *a7 = a + 7 * rs;
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    __mmask16 lanes0 = (__mmask16)((1u << p0->len) - 1u), lanes1 = (__mmask16)((1u << p1->len) - 1u);
+    int k, ak;
+    for (k = 0, ak = 0; k < kc; k++, ak += ks) {
+        int32_t cd = code[k];
+        uintptr_t off = (uintptr_t)(cd >> 6) * sizeof(float);
+        __m512 b0 = _mm512_maskz_loadu_ps(p0->mask[cd & 63], (const void *)(p0->src + off));
+        __m512 b1 = _mm512_maskz_loadu_ps(p1->mask[cd & 63], (const void *)(p1->src + off));
+        DTNH__DROW(0); DTNH__DROW(1); DTNH__DROW(2); DTNH__DROW(3);
+        DTNH__DROW(4); DTNH__DROW(5); DTNH__DROW(6); DTNH__DROW(7);
+    }
+    DTNH__DOUT(0); DTNH__DOUT(1); DTNH__DOUT(2); DTNH__DOUT(3);
+    DTNH__DOUT(4); DTNH__DOUT(5); DTNH__DOUT(6); DTNH__DOUT(7);
+}
+#undef DTNH__DROW
+#undef DTNH__DOUT
+
+/* The few-rows loop order with direct tiles: A packed once per K slice of a column block, then
+   each pair of pieces runs against every A panel while its input rows sit in L1. */
+static void dtnh__gemm_range_direct(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
+                                    int n_lo, int n_hi, float *abuf, float *bbuf) {
+    int by_cols = G->a.kind == DTNH__COLS, jb, pc, ir, col, mc = m_hi - m_lo;
+    size_t plane = (size_t)G->c.plane;
+    int32_t *code = (int32_t *)(void *)bbuf;
+    __mmask16 *masks = (__mmask16 *)(void *)(code + P->kc);
+    dtnh__direct_masks(&G->b.g, masks);
+    for (jb = n_lo; jb < n_hi; jb += P->nc) {
+        int jb_end = dtnh__kmin(jb + P->nc, n_hi);
+        for (pc = 0; pc < G->K; pc += P->kc) {
+            int kc = dtnh__kmin(P->kc, G->K - pc), rs = by_cols ? 1 : kc, ks = by_cols ? DTNH__MR : 1;
+            dtnh__blend u;
+            u.alpha = G->alpha;
+            u.beta = G->beta;
+            u.bias = 0.0f;
+            u.first = pc == 0;
+            dtnh__pack_a(G, m_lo, mc, pc, kc, abuf);
+            dtnh__direct_codes(&G->b.g, pc, kc, code);
+            for (col = jb; col < jb_end;) {
+                dtnh__dpiece p0, p1;
+                col = dtnh__direct_piece(G, masks, m_lo, col, jb_end, &p0);
+                if (col < jb_end) {
+                    col = dtnh__direct_piece(G, masks, m_lo, col, jb_end, &p1);
+                } else {
+                    memset(&p1, 0, sizeof p1); /* all lanes masked: reads and writes nothing */
+                    p1.src = p0.src;
+                }
+                for (ir = 0; ir < mc; ir += DTNH__MR)
+                    dtnh__direct_kernel(kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), rs, ks,
+                                        code, &p0, &p1, p0.dst + (size_t)ir * plane,
+                                        p1.len ? p1.dst + (size_t)ir * plane : NULL,
+                                        dtnh__kmin(DTNH__MR, mc - ir), plane, &u,
+                                        G->bias && u.first ? G->bias + m_lo + ir : NULL);
+            }
+        }
+    }
+}
+#endif
+
 /* C rows [m_lo, m_hi) x columns [n_lo, n_hi), all of K, on one thread's buffers. */
 static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                              int n_lo, int n_hi, float *abuf, float *bbuf) {
     int jc, pc, ic;
     if (m_hi - m_lo <= DTNH__FEW_ROWS && m_hi - m_lo <= P->mc) {
+#if defined(DTNH__AVX512)
+        if (dtnh__direct_ok(G) && dtnh__direct_bytes(&G->b.g, P->kc) <= P->b_floats * sizeof(float)) {
+            dtnh__gemm_range_direct(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
+            return;
+        }
+#endif
         dtnh__gemm_range_few_rows(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
         return;
     }

@@ -324,6 +324,88 @@ static void conv_is_identical_for_any_thread_count(void) {
     }
 }
 
+/* dx of one image through the explicit route: dY unfolded with the flipped geometry, times the
+   flipped weights wf[ci][co*kk + t] = w[co][ci][kk-1-t]. */
+static void flipped_by_im2col(const dtnh_conv_geom *g, const float *dy_img, const float *w,
+                              float beta, float *dx_img, const dtnh_work *work) {
+    dtnh_conv_geom f;
+    int kk = g->kh * g->kw, plane = g->h * g->w, K = g->c_out * kk, ci, co, t;
+    float *wf = (float *)malloc((size_t)g->c_in * K * sizeof(float));
+    float *col = (float *)malloc((size_t)K * plane * sizeof(float));
+    dtnh_conv_geom_init(&f, 1, g->c_out, g->oh, g->ow, g->c_in, g->kh, g->kw, 1, g->kh - 1 - g->pad, NULL);
+    for (ci = 0; ci < g->c_in; ci++)
+        for (co = 0; co < g->c_out; co++)
+            for (t = 0; t < kk; t++)
+                wf[(size_t)ci * K + co * kk + t] = w[((size_t)co * g->c_in + ci) * kk + (kk - 1 - t)];
+    dtnh_im2col(&f, dy_img, col);
+    dtnh_sgemm(DTNH_NO_TRANS, DTNH_NO_TRANS, g->c_in, plane, K, 1.0f, wf, K, col, plane, beta, dx_img, plane, work);
+    free(wf); free(col);
+}
+
+/* Same-size stride-1 convolutions (ResNet's 3x3 layers) read their input directly where the
+   instruction set allows; they must give exactly the bits of an explicit im2col and GEMM (same
+   K slices), forward with and without bias and backward-data with and without adding. */
+static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
+    static const int p[][9] = {{3, 16, 28, 28, 16, 3, 3, 1, 1}, {6, 20, 14, 14, 12, 3, 3, 1, 1},
+                               {2, 32, 8, 8, 40, 3, 3, 1, 1},   {2, 16, 12, 12, 8, 5, 5, 1, 2},
+                               {5, 1, 28, 28, 16, 3, 3, 1, 1},  {4, 16, 4, 4, 16, 3, 3, 1, 1}};
+    size_t s;
+    dtnh_rng r;
+    dtnh_rng_seed(&r, 29);
+    for (s = 0; s < sizeof p / sizeof p[0]; s++) {
+        dtnh_conv_geom g;
+        dtnh_work work, gw;
+        float *x, *w, *b, *dy, *y, *ref, *dx, *dref, *col;
+        void *m1, *m2;
+        size_t plane, K, img, i;
+        int threads;
+        CHECK(geom_from(&g, p[s]));
+        plane = (size_t)g.h * g.w;
+        K = (size_t)g.c_in * g.kh * g.kw;
+        x = rnd(x_count(&g), &r); w = rnd(w_count(&g), &r); b = rnd((size_t)g.c_out, &r);
+        dy = rnd(y_count(&g), &r); y = rnd(y_count(&g), &r); ref = rnd(y_count(&g), &r);
+        dx = rnd(x_count(&g), &r); dref = rnd(x_count(&g), &r);
+        col = (float *)malloc(K * plane * sizeof(float));
+        m1 = conv_work(&work, &g, 2);
+        m2 = malloc(dtnh_gemm_work_bytes(1) + 64);
+        {
+            dtnh_arena a;
+            dtnh_arena_init(&a, m2, dtnh_gemm_work_bytes(1) + 64);
+            dtnh_work_alloc(&gw, &a, dtnh_gemm_work_bytes(1), 1, NULL);
+        }
+        for (threads = 1; threads <= 2; threads++) {
+            int bias;
+            conv_set_threads(threads);
+            for (bias = 0; bias <= 1; bias++) {
+                dtnh_conv2d_forward(&g, x, w, bias ? b : NULL, y, &work);
+                for (img = 0; img < (size_t)g.n; img++) {
+                    float *ri = ref + img * g.c_out * plane;
+                    for (i = 0; i < (size_t)g.c_out * plane; i++) ri[i] = bias ? b[i / plane] : 0.0f;
+                    dtnh_im2col(&g, x + img * g.c_in * plane, col);
+                    dtnh_sgemm(DTNH_NO_TRANS, DTNH_NO_TRANS, g.c_out, (int)plane, (int)K, 1.0f, w, (int)K,
+                               col, (int)plane, bias ? 1.0f : 0.0f, ri, (int)plane, &gw);
+                }
+                CHECK_MSG(memcmp(y, ref, y_count(&g) * sizeof(float)) == 0, "geometry %zu, %d threads, bias %d: forward differs", s, threads, bias);
+            }
+            if (g.c_in < 16) continue; /* few input channels: col2im, another order */
+            dtnh_conv2d_backward_data(&g, dy, w, dx, &work);
+            for (img = 0; img < (size_t)g.n; img++)
+                flipped_by_im2col(&g, dy + img * g.c_out * plane, w, 0.0f, dref + img * g.c_in * plane, &gw);
+            CHECK_MSG(memcmp(dx, dref, x_count(&g) * sizeof(float)) == 0,
+                      "geometry %zu, %d threads: backward-data differs", s, threads);
+            dtnh_conv2d_backward_data_add(&g, dy, w, dx, &work);
+            for (img = 0; img < (size_t)g.n; img++)
+                flipped_by_im2col(&g, dy + img * g.c_out * plane, w, 1.0f, dref + img * g.c_in * plane, &gw);
+            CHECK_MSG(memcmp(dx, dref, x_count(&g) * sizeof(float)) == 0,
+                      "geometry %zu, %d threads: backward-data-add differs", s, threads);
+        }
+        conv_set_threads(dtnh_threads());
+        CHECK(guard_intact(&work));
+        free(x); free(w); free(b); free(dy); free(y); free(ref); free(dx); free(dref); free(col);
+        free(m1); free(m2);
+    }
+}
+
 static void im2col_matches_definition_and_col2im_is_its_adjoint(void) {
     static const int p[][9] = {{1, 3, 7, 6, 1, 3, 3, 2, 1}, {1, 2, 5, 9, 1, 7, 7, 1, 3},
                                {1, 4, 6, 6, 1, 1, 1, 2, 0}};
@@ -423,4 +505,5 @@ void suite_conv(void) {
     RUN(conv_backward_weights_accumulates_when_asked);
     RUN(conv_backward_data_add_adds_the_gradient);
     RUN(conv_is_identical_for_any_thread_count);
+    RUN(conv_same_size_gives_the_bits_of_im2col_and_gemm);
 }
