@@ -2063,11 +2063,12 @@ static void dtnh__direct_kernel(int kc, const float *DTNH__RESTRICT a, int rs, i
 #undef DTNH__DROW
 #undef DTNH__DOUT
 
-/* The few-rows loop order with direct tiles: A packed once per K slice of a column block, then
-   each pair of pieces runs against every A panel while its input rows sit in L1. */
+/* The few-rows loop order with direct tiles: an A block packed once per K slice of a column
+   block, then each pair of pieces runs against every panel of it while its input rows sit in
+   L1 (measured faster than the packed path at every width of ResNet-18, 16 to 512 channels). */
 static void dtnh__gemm_range_direct(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                                     int n_lo, int n_hi, float *abuf, float *bbuf) {
-    int by_cols = G->a.kind == DTNH__COLS, jb, pc, ir, col, mc = m_hi - m_lo;
+    int by_cols = G->a.kind == DTNH__COLS, jb, pc, ic, ir, col;
     size_t plane = (size_t)G->c.plane;
     int32_t *code = (int32_t *)(void *)bbuf;
     __mmask16 *masks = (__mmask16 *)(void *)(code + P->kc);
@@ -2081,23 +2082,26 @@ static void dtnh__gemm_range_direct(const dtnh__gemm *G, const dtnh__plan *P, in
             u.beta = G->beta;
             u.bias = 0.0f;
             u.first = pc == 0;
-            dtnh__pack_a(G, m_lo, mc, pc, kc, abuf);
             dtnh__direct_codes(&G->b.g, pc, kc, code);
-            for (col = jb; col < jb_end;) {
-                dtnh__dpiece p0, p1;
-                col = dtnh__direct_piece(G, masks, m_lo, col, jb_end, &p0);
-                if (col < jb_end) {
-                    col = dtnh__direct_piece(G, masks, m_lo, col, jb_end, &p1);
-                } else {
-                    memset(&p1, 0, sizeof p1); /* all lanes masked: reads and writes nothing */
-                    p1.src = p0.src;
+            for (ic = m_lo; ic < m_hi; ic += P->mc) {
+                int mc = dtnh__kmin(P->mc, m_hi - ic);
+                dtnh__pack_a(G, ic, mc, pc, kc, abuf);
+                for (col = jb; col < jb_end;) {
+                    dtnh__dpiece p0, p1;
+                    col = dtnh__direct_piece(G, masks, ic, col, jb_end, &p0);
+                    if (col < jb_end) {
+                        col = dtnh__direct_piece(G, masks, ic, col, jb_end, &p1);
+                    } else {
+                        memset(&p1, 0, sizeof p1); /* all lanes masked: reads and writes nothing */
+                        p1.src = p0.src;
+                    }
+                    for (ir = 0; ir < mc; ir += DTNH__MR)
+                        dtnh__direct_kernel(kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), rs, ks,
+                                            code, &p0, &p1, p0.dst + (size_t)ir * plane,
+                                            p1.len ? p1.dst + (size_t)ir * plane : NULL,
+                                            dtnh__kmin(DTNH__MR, mc - ir), plane, &u,
+                                            G->bias && u.first ? G->bias + ic + ir : NULL);
                 }
-                for (ir = 0; ir < mc; ir += DTNH__MR)
-                    dtnh__direct_kernel(kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), rs, ks,
-                                        code, &p0, &p1, p0.dst + (size_t)ir * plane,
-                                        p1.len ? p1.dst + (size_t)ir * plane : NULL,
-                                        dtnh__kmin(DTNH__MR, mc - ir), plane, &u,
-                                        G->bias && u.first ? G->bias + m_lo + ir : NULL);
             }
         }
     }
@@ -2108,13 +2112,13 @@ static void dtnh__gemm_range_direct(const dtnh__gemm *G, const dtnh__plan *P, in
 static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                              int n_lo, int n_hi, float *abuf, float *bbuf) {
     int jc, pc, ic;
-    if (m_hi - m_lo <= DTNH__FEW_ROWS && m_hi - m_lo <= P->mc) {
 #if defined(DTNH__AVX512)
-        if (dtnh__direct_ok(G) && dtnh__direct_bytes(&G->b.g, P->kc) <= P->b_floats * sizeof(float)) {
-            dtnh__gemm_range_direct(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
-            return;
-        }
+    if (dtnh__direct_ok(G) && dtnh__direct_bytes(&G->b.g, P->kc) <= P->b_floats * sizeof(float)) {
+        dtnh__gemm_range_direct(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
+        return;
+    }
 #endif
+    if (m_hi - m_lo <= DTNH__FEW_ROWS && m_hi - m_lo <= P->mc) {
         dtnh__gemm_range_few_rows(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
         return;
     }

@@ -348,7 +348,8 @@ static void flipped_by_im2col(const dtnh_conv_geom *g, const float *dy_img, cons
 static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
     static const int p[][9] = {{3, 16, 28, 28, 16, 3, 3, 1, 1}, {6, 20, 14, 14, 12, 3, 3, 1, 1},
                                {2, 32, 8, 8, 40, 3, 3, 1, 1},   {2, 16, 12, 12, 8, 5, 5, 1, 2},
-                               {5, 1, 28, 28, 16, 3, 3, 1, 1},  {4, 16, 4, 4, 16, 3, 3, 1, 1}};
+                               {5, 1, 28, 28, 16, 3, 3, 1, 1},  {4, 16, 4, 4, 16, 3, 3, 1, 1},
+                               {2, 16, 4, 4, 264, 3, 3, 1, 1}}; /* 264 rows: two A blocks */
     size_t s;
     dtnh_rng r;
     dtnh_rng_seed(&r, 29);
