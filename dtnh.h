@@ -1530,6 +1530,42 @@ static void dtnh__im2col_run32(const dtnh_conv_geom *g, const float *ximg, int o
 }
 #endif
 
+#if defined(DTNH__AVX512)
+/* Stride 2: output t reads input ix0 + 2t, so 16 outputs come from 32 consecutive inputs: two
+   masked loads (the padding masked to zero) and one permute that keeps the even lanes. */
+static void dtnh__im2col_run_s2(const dtnh_conv_geom *g, const float *ximg, int oy, int ox0,
+                                int len, int row0, int nrows, float *dst, size_t dst_stride,
+                                int room) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    int kk = g->kh * g->kw, c = row0 / kk, i = row0 % kk / g->kw, j = row0 % g->kw, r, t0;
+    int iy0 = oy * 2 - g->pad, ix00 = ox0 * 2 - g->pad;
+    size_t plane = (size_t)g->h * (size_t)g->w;
+    for (r = 0; r < nrows; r++, dst += dst_stride) {
+        int iy = iy0 + i;
+        if (iy < 0 || iy >= g->h) {
+            dtnh__vzero(dst, len);
+        } else {
+            const float *row = ximg + (size_t)c * plane + (size_t)iy * g->w;
+            for (t0 = 0; t0 < len; t0 += 16) {
+                int n = dtnh__kmin(16, len - t0), first = ix00 + j + 2 * t0;
+                int lo = first < 0 ? -first : 0, hi = dtnh__kmin(2 * n - 1, g->w - first);
+                uint32_t m = hi > lo ? (uint32_t)((((uint64_t)1 << (hi - lo)) - 1u) << lo) : 0u;
+                __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), v;
+                if (m & 0xFFFFu) a = _mm512_maskz_loadu_ps((__mmask16)(m & 0xFFFFu), dtnh__floats_before(row, -first));
+                if (m >> 16) b = _mm512_maskz_loadu_ps((__mmask16)(m >> 16), dtnh__floats_before(row, -(first + 16)));
+                v = _mm512_permutex2var_ps(a, even, b);
+                if (room - t0 >= 16) _mm512_storeu_ps(dst + t0, v);
+                else _mm512_mask_storeu_ps(dst + t0, (__mmask16)((1u << n) - 1u), v);
+            }
+        }
+        if (++j == g->kw) {
+            j = 0;
+            if (++i == g->kh) i = 0, c++;
+        }
+    }
+}
+#endif
+
 /* Rows [row0, row0 + nrows) of the im2col matrix for the output pixels of run w, to dst + r *
    dst_stride. Each row of dst has room floats from dst on that runs to its right will fill
    later (masked stores are slow; a full vector store is fine where the spill is rewritten). */
@@ -1543,6 +1579,10 @@ static void dtnh__im2col_run(const dtnh_conv_geom *g, const float *x, const dtnh
 #if defined(DTNH__AVX512)
     if (s == 1 && len <= 32 && g->kw <= 16) {
         dtnh__im2col_run32(g, ximg, oy, ox0, len, row0, nrows, dst, dst_stride, room);
+        return;
+    }
+    if (s == 2) {
+        dtnh__im2col_run_s2(g, ximg, oy, ox0, len, row0, nrows, dst, dst_stride, room);
         return;
     }
 #endif

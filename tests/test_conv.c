@@ -408,8 +408,11 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
 }
 
 static void im2col_matches_definition_and_col2im_is_its_adjoint(void) {
-    static const int p[][9] = {{1, 3, 7, 6, 1, 3, 3, 2, 1}, {1, 2, 5, 9, 1, 7, 7, 1, 3},
-                               {1, 4, 6, 6, 1, 1, 1, 2, 0}};
+    /* stride 2 with output rows of 3, 16, 18 and 21 (runs of more than 16 go in pieces) */
+    static const int p[][9] = {{1, 3, 7, 6, 1, 3, 3, 2, 1},   {1, 2, 5, 9, 1, 7, 7, 1, 3},
+                               {1, 4, 6, 6, 1, 1, 1, 2, 0},   {1, 3, 9, 41, 1, 3, 3, 2, 1},
+                               {1, 2, 8, 35, 1, 7, 7, 2, 3},  {1, 2, 6, 33, 1, 3, 3, 2, 0},
+                               {1, 2, 5, 32, 1, 1, 1, 2, 0}};
     dtnh_rng r;
     size_t s;
     dtnh_rng_seed(&r, 14);
