@@ -1650,6 +1650,56 @@ static void dtnh__pack_a_cols(const dtnh__view *v, int m0, int mc, int k0, int k
     }
 }
 
+#if defined(DTNH__AVX512)
+/* The lanes of pixels q .. q+len-1 (one image) whose tap t reads inside the image, for every t. */
+static void dtnh__tap_masks(const dtnh_conv_geom *g, int q, int len, __mmask16 *mask) {
+    uint32_t rows[16] = {0}, cols[16] = {0};
+    int oy = q / g->w, ox = q % g->w, lane, i, j;
+    for (lane = 0; lane < len; lane++) {
+        for (i = 0; i < g->kh; i++) rows[i] |= (uint32_t)(oy + i - g->pad >= 0 && oy + i - g->pad < g->h) << lane;
+        for (j = 0; j < g->kw; j++) cols[j] |= (uint32_t)(ox + j - g->pad >= 0 && ox + j - g->pad < g->w) << lane;
+        if (++ox == g->w) ox = 0, oy++;
+    }
+    for (i = 0; i < g->kh; i++)
+        for (j = 0; j < g->kw; j++) mask[i * g->kw + j] = (__mmask16)(rows[i] & cols[j]);
+}
+
+/* A panels of a same-size stride-1 convolution's unfolded input (backward-weights' A): as in
+   the direct convolution, 16 pixels of one image are one masked load per row, where the runs
+   of the general path stop at every output row (4 pixels at 4x4, 7 at 7x7). Same values. */
+static int dtnh__pack_a_same_size(const dtnh__view *v, int m0, int mc, int k0, int kc, float *dst) {
+    const dtnh_conv_geom *g = &v->g;
+    int plane = g->h * g->w, kk = g->kh * g->kw, col, p, r;
+    __mmask16 mask[16 * 16];
+    if (g->stride != 1 || g->oh != g->h || g->ow != g->w || g->kh > 16 || g->kw > 16) return 0;
+    if (g->ow >= 16) return 0; /* rows of 16 or more: the general runs are as long, and cheaper */
+    for (col = k0; col < k0 + kc;) {
+        int img = col / plane, q = col % plane, at = col - k0;
+        int len = dtnh__kmin(dtnh__kmin(16, plane - q), k0 + kc - col);
+        int whole = at + 16 <= kc; /* a full store spills only onto columns packed later */
+        uintptr_t base = (uintptr_t)v->p +
+                         (uintptr_t)((ptrdiff_t)img * g->c_in * plane + q - (ptrdiff_t)g->pad * (g->w + 1)) * sizeof(float);
+        dtnh__tap_masks(g, q, len, mask);
+        for (p = 0; p < mc; p += DTNH__MR) {
+            float *panel = dst + (size_t)(p / DTNH__MR) * dtnh__panel_stride(kc) + at;
+            int mr = dtnh__kmin(DTNH__MR, mc - p);
+            for (r = 0; r < mr; r++) {
+                int m = m0 + p + r, c = m / kk, t = m % kk;
+                uintptr_t src = base + (uintptr_t)((size_t)c * plane + (size_t)(t / g->kw * g->w + t % g->kw)) * sizeof(float);
+                __m512 x = _mm512_maskz_loadu_ps(mask[t], (const void *)src);
+                if (whole) _mm512_storeu_ps(panel + (size_t)r * kc, x);
+                else _mm512_mask_storeu_ps(panel + (size_t)r * kc, (__mmask16)((1u << len) - 1u), x);
+            }
+        }
+        col += len;
+    }
+    for (p = 0; p < mc; p += DTNH__MR)
+        for (r = dtnh__kmin(DTNH__MR, mc - p); r < DTNH__MR; r++)
+            dtnh__vzero(dst + (size_t)(p / DTNH__MR) * dtnh__panel_stride(kc) + (size_t)r * kc, kc);
+    return 1;
+}
+#endif
+
 /* A block rows [m0, m0+mc) x columns [k0, k0+kc) into MR-row panels, each row kc long. */
 static void dtnh__pack_a(const dtnh__gemm *G, int m0, int mc, int k0, int kc, float *dst) {
     const dtnh__view *v = &G->a;
@@ -1658,6 +1708,9 @@ static void dtnh__pack_a(const dtnh__gemm *G, int m0, int mc, int k0, int kc, fl
         dtnh__pack_a_cols(v, m0, mc, k0, kc, dst);
         return;
     }
+#if defined(DTNH__AVX512)
+    if (v->kind == DTNH__IM2COL && dtnh__pack_a_same_size(v, m0, mc, k0, kc, dst)) return;
+#endif
     for (p = 0; p < mc; p += DTNH__MR, dst += dtnh__panel_stride(kc)) {
         int mr = dtnh__kmin(DTNH__MR, mc - p), m = m0 + p;
         if (v->kind == DTNH__ROWS) {

@@ -342,14 +342,40 @@ static void flipped_by_im2col(const dtnh_conv_geom *g, const float *dy_img, cons
     free(wf); free(col);
 }
 
+/* dW^T = unfold(x) . dY^T with the columns (image, pixel) of the whole batch, as one GEMM. */
+static int weights_match_im2col_gemm(const dtnh_conv_geom *g, const float *x, const float *dy,
+                                     const dtnh_work *work, const dtnh_work *gemm_work) {
+    size_t plane = (size_t)g->oh * g->ow, M = (size_t)g->c_in * g->kh * g->kw, K = (size_t)g->n * plane;
+    float *col = (float *)malloc(M * plane * sizeof(float)), *cols = (float *)malloc(M * K * sizeof(float));
+    float *dyt = (float *)malloc((size_t)g->c_out * K * sizeof(float)), *ct = (float *)malloc(M * g->c_out * sizeof(float));
+    float *dw = (float *)malloc(M * g->c_out * sizeof(float));
+    size_t img, m, co, px;
+    int same = 1;
+    for (img = 0; img < (size_t)g->n; img++) {
+        dtnh_im2col(g, x + img * g->c_in * (size_t)g->h * g->w, col);
+        for (m = 0; m < M; m++) memcpy(cols + m * K + img * plane, col + m * plane, plane * sizeof(float));
+        for (co = 0; co < (size_t)g->c_out; co++)
+            for (px = 0; px < plane; px++) dyt[co * K + img * plane + px] = dy[(img * g->c_out + co) * plane + px];
+    }
+    dtnh_sgemm(DTNH_NO_TRANS, DTNH_TRANS, (int)M, g->c_out, (int)K, 1.0f, cols, (int)K, dyt, (int)K, 0.0f, ct,
+               g->c_out, gemm_work);
+    dtnh_conv2d_backward_weights(g, x, dy, dw, NULL, 0, work);
+    for (m = 0; m < M; m++)
+        for (co = 0; co < (size_t)g->c_out; co++) same &= memcmp(&dw[co * M + m], &ct[m * g->c_out + co], sizeof(float)) == 0;
+    free(col); free(cols); free(dyt); free(ct); free(dw);
+    return same;
+}
+
 /* Same-size stride-1 convolutions (ResNet's 3x3 layers) read their input directly where the
    instruction set allows; they must give exactly the bits of an explicit im2col and GEMM (same
-   K slices), forward with and without bias and backward-data with and without adding. */
+   K slices): forward with and without bias, backward-weights, and backward-data with and
+   without adding. */
 static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
     static const int p[][9] = {{3, 16, 28, 28, 16, 3, 3, 1, 1}, {6, 20, 14, 14, 12, 3, 3, 1, 1},
                                {2, 32, 8, 8, 40, 3, 3, 1, 1},   {2, 16, 12, 12, 8, 5, 5, 1, 2},
                                {5, 1, 28, 28, 16, 3, 3, 1, 1},  {4, 16, 4, 4, 16, 3, 3, 1, 1},
-                               {2, 16, 4, 4, 264, 3, 3, 1, 1}}; /* 264 rows: two A blocks */
+                               {2, 16, 4, 4, 264, 3, 3, 1, 1},  /* 264 rows: two A blocks */
+                               {6, 24, 7, 7, 20, 3, 3, 1, 1},   {20, 16, 4, 4, 12, 3, 3, 1, 1}};
     size_t s;
     dtnh_rng r;
     dtnh_rng_seed(&r, 29);
@@ -388,6 +414,8 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
                 }
                 CHECK_MSG(memcmp(y, ref, y_count(&g) * sizeof(float)) == 0, "geometry %zu, %d threads, bias %d: forward differs", s, threads, bias);
             }
+            CHECK_MSG(weights_match_im2col_gemm(&g, x, dy, &work, &gw),
+                      "geometry %zu, %d threads: backward-weights differs", s, threads);
             if (g.c_in < 16) continue; /* few input channels: col2im, another order */
             dtnh_conv2d_backward_data(&g, dy, w, dx, &work);
             for (img = 0; img < (size_t)g.n; img++)
