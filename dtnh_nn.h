@@ -1273,6 +1273,82 @@ static float dtnh__max9(const float *r0, const float *r1, const float *r2) {
     return DTNH__MAXNAN(m, r2[2]);
 }
 
+#if defined(DTNH__AVX512)
+/* 3x3 stride-2 windows, 16 at a time: the nine taps of outputs whose windows start at input
+   column c0, c0 + 2, ... (n <= 16 of them, all inside) as nine vectors, row-major. Per input row
+   the even, odd and next-even columns are three permutes of four loads. */
+static void dtnh__pool_taps16(const float *r0, size_t w, int n, __m512 tap[9]) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    int cols = 2 * n + 1, i; /* columns c0 .. c0 + 2n read */
+    __mmask16 a0 = (__mmask16)(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
+    __mmask16 a1 = (__mmask16)(cols > 16 ? (1u << (cols - 16)) - 1u : 0u);
+    __mmask16 b0 = (__mmask16)(cols - 2 >= 16 ? 0xFFFFu : (1u << (cols - 2)) - 1u);
+    __mmask16 b1 = (__mmask16)(cols - 2 > 16 ? (1u << (cols - 18)) - 1u : 0u);
+    for (i = 0; i < 3; i++) {
+        const float *r = r0 + (size_t)i * w;
+        __m512 l0 = _mm512_maskz_loadu_ps(a0, r), l1 = _mm512_maskz_loadu_ps(a1, r + 16);
+        __m512 s0 = _mm512_maskz_loadu_ps(b0, r + 2), s1 = _mm512_maskz_loadu_ps(b1, r + 18);
+        tap[3 * i] = _mm512_permutex2var_ps(l0, even, l1);
+        tap[3 * i + 1] = _mm512_permutex2var_ps(l0, odd, l1);
+        tap[3 * i + 2] = _mm512_permutex2var_ps(s0, even, s1);
+    }
+}
+
+/* DTNH__MAXNAN on 16 lanes: b where b > a or b is NaN, else a. */
+static __m512 dtnh__maxnan16(__m512 a, __m512 b) {
+    __mmask16 take = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q);
+    return _mm512_mask_blend_ps(take, a, b);
+}
+
+/* The window maxima, in dtnh__max9's order of comparisons (the same bits, NaN included). */
+static __m512 dtnh__max9x16(const __m512 tap[9]) {
+    __m512 m = tap[0];
+    int t;
+    for (t = 1; t < 9; t++) m = dtnh__maxnan16(m, tap[t]);
+    return m;
+}
+
+/* Outputs [lo, hi) of a row whose windows start at input row `row`, all of them inside. */
+static void dtnh__maxpool_row_s2(const float *row, int w, int pad, int lo, int hi, float *yr) {
+    int ox;
+    for (ox = lo; ox < hi; ox += 16) {
+        int n = dtnh__kmin(16, hi - ox);
+        __m512 tap[9];
+        dtnh__pool_taps16(row + (size_t)(2 * ox - pad), (size_t)w, n, tap);
+        _mm512_mask_storeu_ps(yr + ox, (__mmask16)((1u << n) - 1u), dtnh__max9x16(tap));
+    }
+}
+
+/* The gradient of those outputs: each to the first largest tap of its window (dtnh__argmax9's
+   rule), added in the scalar loop's order; windows holding a NaN go through the generic scan. */
+static void dtnh__maxpool_row_s2_backward(const float *xp, int h, int w, int pad, int oy, int lo,
+                                          int hi, const float *dyr, float *dxp) {
+    int ox, t, q;
+    size_t iy = (size_t)(oy * 2 - pad);
+    for (ox = lo; ox < hi; ox += 16) {
+        int n = dtnh__kmin(16, hi - ox);
+        DTNH_ALIGNED(64) int32_t arg[16];
+        __m512 tap[9], m;
+        __m512i a = _mm512_set1_epi32(-1);
+        dtnh__pool_taps16(xp + iy * (size_t)w + (size_t)(2 * ox - pad), (size_t)w, n, tap);
+        m = dtnh__max9x16(tap);
+        for (t = 8; t >= 0; t--) /* the first equal tap wins; NaN windows stay -1 */
+            a = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(tap[t], m, _CMP_EQ_OQ), a, _mm512_set1_epi32(t));
+        _mm512_store_si512((void *)arg, a);
+        for (q = 0; q < n; q++) {
+            long at;
+            float best;
+            if (arg[q] >= 0)
+                at = (long)((iy + (size_t)(arg[q] / 3)) * (size_t)w + (size_t)(2 * (ox + q) - pad + arg[q] % 3));
+            else
+                at = dtnh__maxpool_argmax(xp, h, w, 3, 2, pad, oy, ox + q, &best);
+            if (at >= 0) dxp[at] += dyr[ox + q];
+        }
+    }
+}
+#endif
+
 static void dtnh__maxpool_plane(const float *xp, int h, int w, int k, int stride, int pad,
                                 float *yp, int oh, int ow) {
     int oy, ox, lo, hi;
@@ -1280,6 +1356,15 @@ static void dtnh__maxpool_plane(const float *xp, int h, int w, int k, int stride
     for (oy = 0; oy < oh; oy++) {
         int iy = oy * stride - pad, fast = k == 3 && iy >= 0 && iy + 2 < h;
         float *yr = yp + (size_t)oy * (size_t)ow;
+#if defined(DTNH__AVX512)
+        if (fast && stride == 2 && lo < hi) { /* the border outputs through the generic scan */
+            float best;
+            dtnh__maxpool_row_s2(xp + (size_t)iy * (size_t)w, w, pad, lo, hi, yr);
+            for (ox = 0; ox < lo; ox++) dtnh__maxpool_argmax(xp, h, w, k, stride, pad, oy, ox, &best), yr[ox] = best;
+            for (ox = hi; ox < ow; ox++) dtnh__maxpool_argmax(xp, h, w, k, stride, pad, oy, ox, &best), yr[ox] = best;
+            continue;
+        }
+#endif
         for (ox = 0; ox < ow; ox++) {
             float best;
             if (fast && ox >= lo && ox < hi) {
@@ -1316,6 +1401,20 @@ static void dtnh__maxpool_plane_backward(const float *xp, int h, int w, int k, i
     dtnh_fill((size_t)h * (size_t)w, dxp, 0.0f);
     for (oy = 0; oy < oh; oy++) {
         int iy = oy * stride - pad, fast = k == 3 && iy >= 0 && iy + 2 < h;
+#if defined(DTNH__AVX512)
+        if (fast && stride == 2 && lo < hi) { /* border outputs before and after, in order */
+            float best;
+            long arg;
+            for (ox = 0; ox < lo; ox++)
+                if ((arg = dtnh__maxpool_argmax(xp, h, w, k, stride, pad, oy, ox, &best)) >= 0)
+                    dxp[arg] += dyp[(size_t)oy * (size_t)ow + (size_t)ox];
+            dtnh__maxpool_row_s2_backward(xp, h, w, pad, oy, lo, hi, dyp + (size_t)oy * (size_t)ow, dxp);
+            for (ox = hi; ox < ow; ox++)
+                if ((arg = dtnh__maxpool_argmax(xp, h, w, k, stride, pad, oy, ox, &best)) >= 0)
+                    dxp[arg] += dyp[(size_t)oy * (size_t)ow + (size_t)ox];
+            continue;
+        }
+#endif
         for (ox = 0; ox < ow; ox++) {
             float g = dyp[(size_t)oy * (size_t)ow + (size_t)ox], best;
             long arg = -1;

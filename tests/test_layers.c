@@ -298,10 +298,11 @@ static void maxpool_pads_with_minus_infinity_and_breaks_ties_first(void) {
 /* The 3x3 interior fast path against a plain reference: -inf padding, first largest input of
    each window (row-major) takes the gradient; ties made common by rounding to halves. */
 static void maxpool_matches_a_reference_on_odd_and_even_sizes(void) {
-    static float x[2 * 3 * 11 * 10], y[2 * 3 * 6 * 5], dy[2 * 3 * 6 * 5], dx[2 * 3 * 11 * 10],
-        want_dx[2 * 3 * 11 * 10];
-    int sizes[2][2] = {{11, 10}, {8, 9}}, t, pl, oy, ox, i, j;
-    for (t = 0; t < 2; t++) {
+    static float x[2 * 3 * 11 * 75], y[2 * 3 * 6 * 38], dy[2 * 3 * 6 * 38], dx[2 * 3 * 11 * 75],
+        want_dx[2 * 3 * 11 * 75];
+    /* rows of 5 to 38 outputs: the vector path takes 16 at a time */
+    int sizes[4][2] = {{11, 10}, {8, 9}, {7, 75}, {6, 34}}, t, pl, oy, ox, i, j;
+    for (t = 0; t < 4; t++) {
         int h = sizes[t][0], w = sizes[t][1], oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
         fill_normal(x, (size_t)6 * h * w, 1.0f, 200 + (uint64_t)t);
         for (i = 0; i < 6 * h * w; i++) x[i] = floorf(x[i] * 2.0f) / 2.0f;
@@ -325,6 +326,27 @@ static void maxpool_matches_a_reference_on_odd_and_even_sizes(void) {
                 }
         for (i = 0; i < 6 * h * w; i++) CHECK_MSG(dx[i] == want_dx[i], "size %dx%d at %d", h, w, i);
     }
+}
+
+/* A NaN wins its windows (as in PyTorch), on the vector path too: forward gives NaN exactly
+   where a window holds it, backward sends those windows' gradients to it. */
+static void maxpool_nan_wins_its_windows(void) {
+    enum { H = 6, W = 40, OH = 3, OW = 20 };
+    static float x[H * W], y[OH * OW], dy[OH * OW], dx[H * W];
+    int oy, ox, nan_at = 3 * W + 21; /* row 3, column 21: windows (1..2, 10..11) */
+    double want = 0;
+    fill_normal(x, H * W, 1.0f, 220);
+    fill_normal(dy, OH * OW, 1.0f, 221);
+    x[nan_at] = NAN;
+    dtnh_maxpool_forward(1, 1, H, W, 3, 2, 1, x, y);
+    dtnh_maxpool_backward(1, 1, H, W, 3, 2, 1, x, dy, dx);
+    for (oy = 0; oy < OH; oy++)
+        for (ox = 0; ox < OW; ox++) {
+            int holds = 2 * oy - 1 <= 3 && 3 <= 2 * oy + 1 && 2 * ox - 1 <= 21 && 21 <= 2 * ox + 1;
+            CHECK_MSG((y[oy * OW + ox] != y[oy * OW + ox]) == holds, "output (%d, %d)", oy, ox);
+            if (holds) want += dy[oy * OW + ox];
+        }
+    CHECK_NEAR(dx[nan_at], want, 1e-6);
 }
 
 static void avgpool_gradient_matches_finite_differences(void) {
@@ -443,6 +465,7 @@ void suite_layers(void) {
     RUN(maxpool_gradient_matches_finite_differences);
     RUN(maxpool_pads_with_minus_infinity_and_breaks_ties_first);
     RUN(maxpool_matches_a_reference_on_odd_and_even_sizes);
+    RUN(maxpool_nan_wins_its_windows);
     RUN(avgpool_gradient_matches_finite_differences);
     RUN(linear_gradients_match_finite_differences);
     RUN(linear_accumulates_when_asked);
