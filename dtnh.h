@@ -2201,11 +2201,156 @@ static void dtnh__gemm_range_direct(const dtnh__gemm *G, const dtnh__plan *P, in
 }
 #endif
 
+#if defined(DTNH__AVX512)
+/* ---- backward-weights with A read from a padded input --------------------------------------- */
+/* With few output channels (16, 32) each element of the unfolded input feeds only one or two
+   vector FMAs, so packing A panels costs about as much as the multiply-adds. Instead the input
+   images a K slice touches are copied once, with a zero border, into the thread's buffer, and
+   the micro-kernel broadcasts A's elements straight from there: tap (c, i, j) of output pixel
+   (oy, ox) is padded element (c, oy + i, ox + j). Same values, same K slices, same order: the
+   same bits as the packed path. */
+
+typedef struct dtnh__padded {
+    const dtnh_conv_geom *g;
+    const float *x;
+    int ph, pw, slots, img[8]; /* padded height and width; which image each slot holds */
+    size_t image_floats;       /* c_in * ph * pw */
+    float *buf;
+} dtnh__padded;
+
+#define DTNH__PAD_ROWS 32 /* most output channels (N) taken this way */
+
+/* Slots a K slice of kc pixels can touch, and the floats of a thread's buffer they need. */
+static int dtnh__padded_slots(const dtnh_conv_geom *g, int kc) {
+    return (kc + g->h * g->w - 2) / (g->h * g->w) + 1;
+}
+static size_t dtnh__padded_floats(const dtnh_conv_geom *g, int kc) {
+    size_t image = (size_t)g->c_in * (size_t)(g->h + g->kh - 1) * (size_t)(g->w + g->kw - 1);
+    return (size_t)dtnh__padded_slots(g, kc) * ((image + 15) / 16 * 16) + (size_t)kc + 16;
+}
+
+static int dtnh__padded_ok(const dtnh__gemm *G, const dtnh__plan *P) {
+    const dtnh_conv_geom *g = &G->a.g;
+    return G->a.kind == DTNH__IM2COL && G->c.kind == DTNH__COLS && G->N <= DTNH__PAD_ROWS &&
+           g->stride == 1 && g->oh == g->h && g->ow == g->w && dtnh__padded_slots(g, P->kc) <= 8 &&
+           dtnh__padded_floats(g, P->kc) <= P->a_floats;
+}
+
+/* The padded copy of image img, in its slot (if not there already). */
+static float *dtnh__padded_image(dtnh__padded *d, int img) {
+    const dtnh_conv_geom *g = d->g;
+    int slot = img % d->slots, c, y;
+    float *dst = d->buf + (size_t)slot * ((d->image_floats + 15) / 16 * 16);
+    if (d->img[slot] == img) return dst;
+    d->img[slot] = img;
+    for (c = 0; c < g->c_in; c++) {
+        float *plane = dst + (size_t)c * (size_t)d->ph * (size_t)d->pw;
+        const float *src = d->x + ((size_t)img * g->c_in + (size_t)c) * (size_t)g->h * (size_t)g->w;
+        memset(plane, 0, (size_t)d->pw * (size_t)g->pad * sizeof(float));
+        for (y = 0; y < g->h; y++) {
+            float *row = plane + (size_t)(y + g->pad) * (size_t)d->pw;
+            memset(row, 0, (size_t)g->pad * sizeof(float));
+            memcpy(row + g->pad, src + (size_t)y * (size_t)g->w, (size_t)g->w * sizeof(float));
+            memset(row + g->pad + g->w, 0, (size_t)(d->pw - g->pad - g->w) * sizeof(float));
+        }
+        memset(plane + (size_t)(g->h + g->pad) * (size_t)d->pw, 0,
+               (size_t)d->pw * (size_t)(d->ph - g->h - g->pad) * sizeof(float));
+    }
+    return dst;
+}
+
+/* off[k]: where in the buffer tap (0, 0, 0) of pixel k0 + k sits, its images padded. */
+static void dtnh__padded_offsets(dtnh__padded *d, int k0, int kc, int32_t *off) {
+    int plane = d->g->h * d->g->w, k = 0;
+    while (k < kc) {
+        int img = (k0 + k) / plane, q = (k0 + k) % plane, end = dtnh__kmin(kc, k + plane - q);
+        int32_t at = (int32_t)(dtnh__padded_image(d, img) - d->buf);
+        for (; k < end; k++, q++) off[k] = at + (int32_t)(q / d->g->w * d->pw + q % d->g->w);
+    }
+}
+
+/* The micro-kernel with row r of A at rows[r][off[k]], into a tile: both B vectors (wide) or
+   the first only (at most 16 columns). */
+#define DTNH__PROW(r)                                                           \
+    do {                                                                        \
+        __m512 a_ = _mm512_set1_ps(a##r[o]);                                     \
+        c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);                             \
+        if (wide) c##r##1 = _mm512_fmadd_ps(a_, _mm512_load_ps(b + 16), c##r##1); \
+    } while (0)
+#define DTNH__POUT(r) _mm512_store_ps(tile + (r) * DTNH__NR, c##r##0), _mm512_store_ps(tile + (r) * DTNH__NR + 16, c##r##1)
+#define DTNH__PADDED_KERNEL(name, wide_value)                                                     \
+    static void name(int kc, const float *const *rows, const int32_t *DTNH__RESTRICT off,          \
+                     const float *DTNH__RESTRICT b, float *DTNH__RESTRICT tile) {                \
+        const int wide = wide_value;                                                              \
+        const float *a0 = rows[0], *a1 = rows[1], *a2 = rows[2], *a3 = rows[3];                   \
+        const float *a4 = rows[4], *a5 = rows[5], *a6 = rows[6], *a7 = rows[7];                   \
+        __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;  \
+        __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                  \
+        __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00;                                        \
+        int k;                                                                                    \
+        for (k = 0; k < kc; k++, b += DTNH__NR) {                                                 \
+            int32_t o = off[k];                                                                   \
+            __m512 b0 = _mm512_load_ps(b);                                                        \
+            DTNH__PROW(0); DTNH__PROW(1); DTNH__PROW(2); DTNH__PROW(3);                           \
+            DTNH__PROW(4); DTNH__PROW(5); DTNH__PROW(6); DTNH__PROW(7);                           \
+        }                                                                                         \
+        DTNH__POUT(0); DTNH__POUT(1); DTNH__POUT(2); DTNH__POUT(3);                               \
+        DTNH__POUT(4); DTNH__POUT(5); DTNH__POUT(6); DTNH__POUT(7);                               \
+    }
+DTNH__PADDED_KERNEL(dtnh__kernel_padded, 1)
+DTNH__PADDED_KERNEL(dtnh__kernel_padded_half, 0)
+#undef DTNH__PADDED_KERNEL
+#undef DTNH__PROW
+#undef DTNH__POUT
+
+static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
+                                    int n_lo, int n_hi, float *abuf, float *bbuf) {
+    const dtnh_conv_geom *g = &G->a.g;
+    int kk = g->kh * g->kw, pc, ir, jr, r, s;
+    dtnh__padded d;
+    int32_t *off;
+    d.g = g;
+    d.x = G->a.p;
+    d.ph = g->h + g->kh - 1;
+    d.pw = g->w + g->kw - 1;
+    d.slots = dtnh__padded_slots(g, P->kc);
+    d.image_floats = (size_t)g->c_in * (size_t)d.ph * (size_t)d.pw;
+    d.buf = abuf;
+    for (s = 0; s < 8; s++) d.img[s] = -1;
+    off = (int32_t *)(void *)(abuf + (size_t)d.slots * ((d.image_floats + 15) / 16 * 16));
+    for (pc = 0; pc < G->K; pc += P->kc) {
+        int kc = dtnh__kmin(P->kc, G->K - pc);
+        dtnh__pack_b(G, pc, kc, n_lo, n_hi - n_lo, bbuf);
+        dtnh__padded_offsets(&d, pc, kc, off);
+        for (ir = m_lo; ir < m_hi; ir += DTNH__MR) {
+            int mr = dtnh__kmin(DTNH__MR, m_hi - ir);
+            const float *rows[DTNH__MR];
+            for (r = 0; r < DTNH__MR; r++) { /* rows past M read tap 0: computed, never stored */
+                int m = ir + (r < mr ? r : 0), c = m / kk, t = m % kk;
+                rows[r] = d.buf + (size_t)c * (size_t)d.ph * (size_t)d.pw + (size_t)(t / g->kw) * (size_t)d.pw + (size_t)(t % g->kw);
+            }
+            for (jr = n_lo; jr < n_hi; jr += DTNH__NR) {
+                DTNH_ALIGNED(64) float tile[DTNH__MR * DTNH__NR];
+                const float *b = bbuf + (size_t)((jr - n_lo) / DTNH__NR) * dtnh__sliver_stride(kc);
+                int nr = dtnh__kmin(DTNH__NR, n_hi - jr);
+                if (nr <= 16) dtnh__kernel_padded_half(kc, rows, off, b, tile);
+                else dtnh__kernel_padded(kc, rows, off, b, tile);
+                dtnh__store_tile(G, ir, mr, jr, nr, tile, pc == 0);
+            }
+        }
+    }
+}
+#endif
+
 /* C rows [m_lo, m_hi) x columns [n_lo, n_hi), all of K, on one thread's buffers. */
 static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                              int n_lo, int n_hi, float *abuf, float *bbuf) {
     int jc, pc, ic;
 #if defined(DTNH__AVX512)
+    if (dtnh__padded_ok(G, P)) {
+        dtnh__gemm_range_padded(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
+        return;
+    }
     if (dtnh__direct_ok(G) && dtnh__direct_bytes(&G->b.g, P->kc) <= P->b_floats * sizeof(float)) {
         dtnh__gemm_range_direct(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
         return;
