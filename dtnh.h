@@ -2767,7 +2767,12 @@ static void dtnh__backward_data_col2im(const dtnh_conv_geom *g, const float *dy,
     G.a = dtnh__view_plain(DTNH__COLS, w, (size_t)G.M);
     G.b = dtnh__view_conv(DTNH__IM2COL, dy, &dyg);
     T = dtnh__threads_for(work, P.thread_bytes, (double)G.M * G.N * G.K);
-    (void)T; /* used only by the pragma */
+    /* Threads own whole chunks of channels: a multiple of T of them, for balance (16 channels
+       made one chunk, so one thread). Chunks group whole channels, and every addition into a
+       pixel of dX comes from its own channel's rows, so the split leaves the bits alone. */
+    chunks = (chunks + T - 1) / T * T;
+    cpc = (g->c_in + chunks - 1) / chunks;
+    chunks = (g->c_in + cpc - 1) / cpc;
     DTNH_ASSERT(work->bytes >= P.thread_bytes + 64 && work->buf);
     if (!add) dtnh__zero_parallel(dx, (size_t)g->n * g->c_in * g->h * g->w);
     DTNH__OMP(parallel num_threads(T) if (T > 1))
