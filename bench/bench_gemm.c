@@ -2,7 +2,8 @@
    backward-data, backward-weights; ImageNet stem at 224x224 batch 8, CIFAR stem at 32x32 batch
    48, width 64), at 1 and 2 threads, as a fraction of this machine's fp32 FMA peak measured
    here by an FMA loop, next to OpenBLAS's cblas_sgemm on the same shapes when
-   libopenblas.so.0 can be loaded; then the convolution calls themselves (implicit im2col).
+   libopenblas.so.0 can be loaded; then the convolution calls themselves (implicit im2col or
+   direct), those layers and the width-16 28x28 network's (bench_resnet's configuration (c)).
    Run:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE make bench
    Each figure is the median of 7 timed samples (wall clock). The machine is shared, so each
    row also gives load-robust figures: at 1 thread GFLOP per second of the thread's own CPU
@@ -222,6 +223,16 @@ static const conv_layer layers[] = {
     {"c32 l3.ds1x1", 48, 128, 16, 256, 1, 2, 0},  {"c32 layer3", 48, 256, 8, 256, 3, 1, 1},
     {"c32 l4.down3", 48, 256, 8, 512, 3, 2, 1},   {"c32 l4.ds1x1", 48, 256, 8, 512, 1, 2, 0},
     {"c32 layer4", 48, 512, 4, 512, 3, 1, 1}};
+
+/* Configuration (c) of bench_resnet (width 16, 28x28x1, batch 48): timed as convolution calls
+   only (its GEMM shapes are not among issue 2's). */
+static const conv_layer conv_only_layers[] = {
+    {"c28w16 conv1", 48, 1, 28, 16, 3, 1, 1},     {"c28w16 layer1", 48, 16, 28, 16, 3, 1, 1},
+    {"c28w16 l2.down3", 48, 16, 28, 32, 3, 2, 1}, {"c28w16 l2.ds1x1", 48, 16, 28, 32, 1, 2, 0},
+    {"c28w16 layer2", 48, 32, 14, 32, 3, 1, 1},   {"c28w16 l3.down3", 48, 32, 14, 64, 3, 2, 1},
+    {"c28w16 l3.ds1x1", 48, 32, 14, 64, 1, 2, 0}, {"c28w16 layer3", 48, 64, 7, 64, 3, 1, 1},
+    {"c28w16 l4.down3", 48, 64, 7, 128, 3, 2, 1}, {"c28w16 l4.ds1x1", 48, 64, 7, 128, 1, 2, 0},
+    {"c28w16 layer4", 48, 128, 4, 128, 3, 1, 1}};
 
 static float *random_floats(size_t n, unsigned seed) {
     float *x = (float *)malloc(n * sizeof(float));
@@ -443,6 +454,8 @@ int main(int argc, char **argv) {
            "%peak", "2t med", "2t bst", "2/1", "work");
     for (i = 0; i < sizeof layers / sizeof layers[0]; i++)
         if (!only || strstr(layers[i].name, only)) bench_conv_layer(&layers[i], peak1);
+    for (i = 0; i < sizeof conv_only_layers / sizeof conv_only_layers[0]; i++)
+        if (!only || strstr(conv_only_layers[i].name, only)) bench_conv_layer(&conv_only_layers[i], peak1);
     f = fopen("/proc/loadavg", "r");
     if (f) {
         if (!fgets(load, sizeof load, f)) strcpy(load, "?");
