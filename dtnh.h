@@ -2312,22 +2312,46 @@ DTNH__PADDED_KERNEL(dtnh__kernel_padded_half, 0)
 #undef DTNH__PROW
 #undef DTNH__POUT
 
+/* C here is dW^T stored by columns, and blending a tile there takes transposes at every K
+   slice. When the thread's block of C fits in what the buffer has left, it is accumulated in
+   a row-major copy and transposed out once: the same additions, so the same bits. */
+static float *dtnh__padded_c_copy(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi, int n_lo,
+                                  int n_hi, float *abuf, dtnh__gemm *Gt) {
+    size_t used = dtnh__padded_slivers(G, P) + (dtnh__padded_floats(&G->a.g, P->kc) + 15) / 16 * 16;
+    size_t rows = (size_t)(m_hi - m_lo), cols = (size_t)(n_hi - n_lo), m, n;
+    float *ct = abuf + used;
+    if (used + rows * cols > P->a_floats + P->b_floats) return NULL;
+    *Gt = *G;
+    Gt->c = dtnh__view_plain(DTNH__ROWS, ct, cols);
+    Gt->c.row0 = m_lo;
+    Gt->c.col0 = n_lo;
+    if (G->beta != 0.0f) /* the first slice reads C */
+        for (m = 0; m < rows; m++)
+            for (n = 0; n < cols; n++) ct[m * cols + n] = G->c.p[(n_lo + n) * G->c.ld + (size_t)m_lo + m];
+    return ct;
+}
+
 static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                                     int n_lo, int n_hi, float *abuf, float *bbuf) {
     const dtnh_conv_geom *g = &G->a.g;
     int kk = g->kh * g->kw, pc, ir, jr, r, s;
     dtnh__padded d;
+    dtnh__gemm Gt;
+    const dtnh__gemm *Gc = G;
     int32_t *off;
+    float *ct;
     d.g = g;
     d.x = G->a.p;
     d.ph = g->h + g->kh - 1;
     d.pw = g->w + g->kw - 1;
     d.slots = dtnh__padded_slots(g, P->kc);
     d.image_floats = (size_t)g->c_in * (size_t)d.ph * (size_t)d.pw;
-    (void)bbuf; /* one block: the slivers, then the images */
+    (void)bbuf; /* one block: the slivers, the images, the offsets, the copy of C */
     d.buf = abuf + dtnh__padded_slivers(G, P);
     for (s = 0; s < 8; s++) d.img[s] = -1;
     off = (int32_t *)(void *)(d.buf + (size_t)d.slots * ((d.image_floats + 15) / 16 * 16));
+    ct = dtnh__padded_c_copy(G, P, m_lo, m_hi, n_lo, n_hi, abuf, &Gt);
+    if (ct) Gc = &Gt;
     for (pc = 0; pc < G->K; pc += P->kc) {
         int kc = dtnh__kmin(P->kc, G->K - pc);
         dtnh__pack_b(G, pc, kc, n_lo, n_hi - n_lo, abuf);
@@ -2345,9 +2369,14 @@ static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, in
                 int nr = dtnh__kmin(DTNH__NR, n_hi - jr);
                 if (nr <= 16) dtnh__kernel_padded_half(kc, rows, off, b, tile);
                 else dtnh__kernel_padded(kc, rows, off, b, tile);
-                dtnh__store_tile(G, ir, mr, jr, nr, tile, pc == 0);
+                dtnh__store_tile(Gc, ir, mr, jr, nr, tile, pc == 0);
             }
         }
+    }
+    if (ct) {
+        size_t rows = (size_t)(m_hi - m_lo), cols = (size_t)(n_hi - n_lo), m, n;
+        for (n = 0; n < cols; n++)
+            for (m = 0; m < rows; m++) G->c.p[(n_lo + n) * G->c.ld + (size_t)m_lo + m] = ct[m * cols + n];
     }
 }
 #endif
