@@ -342,7 +342,8 @@ static void flipped_by_im2col(const dtnh_conv_geom *g, const float *dy_img, cons
     free(wf); free(col);
 }
 
-/* dW^T = unfold(x) . dY^T with the columns (image, pixel) of the whole batch, as one GEMM. */
+/* dW^T = unfold(x) . dY^T with the columns (image, pixel) of the whole batch, as one GEMM;
+   then once more, added to it. */
 static int weights_match_im2col_gemm(const dtnh_conv_geom *g, const float *x, const float *dy,
                                      const dtnh_work *work, const dtnh_work *gemm_work) {
     size_t plane = (size_t)g->oh * g->ow, M = (size_t)g->c_in * g->kh * g->kw, K = (size_t)g->n * plane;
@@ -360,6 +361,12 @@ static int weights_match_im2col_gemm(const dtnh_conv_geom *g, const float *x, co
     dtnh_sgemm(DTNH_NO_TRANS, DTNH_TRANS, (int)M, g->c_out, (int)K, 1.0f, cols, (int)K, dyt, (int)K, 0.0f, ct,
                g->c_out, gemm_work);
     dtnh_conv2d_backward_weights(g, x, dy, dw, NULL, 0, work);
+    for (m = 0; m < M; m++)
+        for (co = 0; co < (size_t)g->c_out; co++) same &= memcmp(&dw[co * M + m], &ct[m * g->c_out + co], sizeof(float)) == 0;
+    /* and accumulating into what is there (beta 1) */
+    dtnh_sgemm(DTNH_NO_TRANS, DTNH_TRANS, (int)M, g->c_out, (int)K, 1.0f, cols, (int)K, dyt, (int)K, 1.0f, ct,
+               g->c_out, gemm_work);
+    dtnh_conv2d_backward_weights(g, x, dy, dw, NULL, 1, work);
     for (m = 0; m < M; m++)
         for (co = 0; co < (size_t)g->c_out; co++) same &= memcmp(&dw[co * M + m], &ct[m * g->c_out + co], sizeof(float)) == 0;
     free(col); free(cols); free(dyt); free(ct); free(dw);
