@@ -2242,7 +2242,7 @@ static int dtnh__padded_ok(const dtnh__gemm *G, const dtnh__plan *P) {
     const dtnh_conv_geom *g = &G->a.g;
     return G->a.kind == DTNH__IM2COL && G->c.kind == DTNH__COLS &&
            g->stride == 1 && g->oh == g->h && g->ow == g->w && dtnh__padded_slots(g, P->kc) <= 8 &&
-           dtnh__padded_slivers(G, P) + dtnh__padded_floats(g, P->kc) <= P->a_floats + P->b_floats;
+           dtnh__padded_slivers(G, P) + dtnh__padded_floats(g, P->kc) <= P->thread_bytes / sizeof(float);
 }
 
 /* The padded copy of image img, in its slot (if not there already). */
@@ -2320,7 +2320,7 @@ static float *dtnh__padded_c_copy(const dtnh__gemm *G, const dtnh__plan *P, int 
     size_t used = dtnh__padded_slivers(G, P) + (dtnh__padded_floats(&G->a.g, P->kc) + 15) / 16 * 16;
     size_t rows = (size_t)(m_hi - m_lo), cols = (size_t)(n_hi - n_lo), m, n;
     float *ct = abuf + used;
-    if (used + rows * cols > P->a_floats + P->b_floats) return NULL;
+    if (used + rows * cols > P->thread_bytes / sizeof(float)) return NULL;
     *Gt = *G;
     Gt->c = dtnh__view_plain(DTNH__ROWS, ct, cols);
     Gt->c.row0 = m_lo;
@@ -2472,6 +2472,12 @@ static void dtnh__gemm_run(const dtnh__gemm *G, const dtnh_work *work) {
     by_cols = dtnh__split_columns(G, T);
     (void)T; /* used only by the pragma */
     DTNH_ASSERT(work->bytes >= P.thread_bytes + 64 && work->buf);
+#if defined(DTNH__AVX512)
+    /* The padded backward-weights takes each thread's share of all the work there is (a shared
+       work buffer is sized for the largest layer): the more of it, the more often it fits. */
+    if (G->a.kind == DTNH__IM2COL && G->c.kind == DTNH__COLS)
+        P.thread_bytes = (work->bytes - 64) / (size_t)T / 64 * 64;
+#endif
     DTNH__OMP(parallel num_threads(T) if (T > 1))
     {
         int t = dtnh__omp_thread(), nt = dtnh__omp_team(), m_lo = 0, m_hi = G->M, n_lo = 0, n_hi = G->N;
