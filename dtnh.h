@@ -1274,7 +1274,6 @@ static void dtnh__kernel_quarter(int kc, const float *DTNH__RESTRICT a, int rs, 
 #endif
 #undef DTNH__ROW512H
 #undef DTNH__OUTH
-#undef DTNH__ROW512
 #undef DTNH__OUT
 #elif defined(DTNH__AVX2)
 static void dtnh__out256(float *c, __m256 v0, __m256 v1, const dtnh__blend *u, float bias) {
@@ -2120,14 +2119,8 @@ static void dtnh__out512_masked(float *c, __m512 v, __mmask16 m, const dtnh__ble
     _mm512_mask_storeu_ps(c, m, v);
 }
 
-/* An MR x 32 tile of C over pieces p0 and p1 (p1->len may be 0): the micro-kernel with its B
-   rows loaded from the input. */
-#define DTNH__DROW(r)                                             \
-    do {                                                          \
-        __m512 a_ = _mm512_set1_ps(a##r[ak]);                      \
-        c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);               \
-        c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);               \
-    } while (0)
+/* An MR x 32 tile of C over pieces p0 and p1 (p1->len may be 0): the micro-kernel (its row
+   macro DTNH__ROW512) with its B rows loaded from the input. */
 #define DTNH__DOUT(r)                                                                          \
     do {                                                                                       \
         if ((r) < mr) {                                                                        \
@@ -2152,13 +2145,13 @@ static void dtnh__direct_kernel(int kc, const float *DTNH__RESTRICT a, int rs, i
         uintptr_t off = (uintptr_t)(cd >> 6) * sizeof(float);
         __m512 b0 = _mm512_maskz_loadu_ps(p0->mask[cd & 63], (const void *)(p0->src + off));
         __m512 b1 = _mm512_maskz_loadu_ps(p1->mask[cd & 63], (const void *)(p1->src + off));
-        DTNH__DROW(0); DTNH__DROW(1); DTNH__DROW(2); DTNH__DROW(3);
-        DTNH__DROW(4); DTNH__DROW(5); DTNH__DROW(6); DTNH__DROW(7);
+        DTNH__ROW512(0); DTNH__ROW512(1); DTNH__ROW512(2); DTNH__ROW512(3);
+        DTNH__ROW512(4); DTNH__ROW512(5); DTNH__ROW512(6); DTNH__ROW512(7);
     }
     DTNH__DOUT(0); DTNH__DOUT(1); DTNH__DOUT(2); DTNH__DOUT(3);
     DTNH__DOUT(4); DTNH__DOUT(5); DTNH__DOUT(6); DTNH__DOUT(7);
 }
-#undef DTNH__DROW
+#undef DTNH__ROW512
 #undef DTNH__DOUT
 
 /* The few-rows loop order with direct tiles: an A block packed once per K slice of a column
