@@ -2154,47 +2154,161 @@ static void dtnh__direct_kernel(int kc, const float *DTNH__RESTRICT a, int rs, i
 #undef DTNH__ROW512
 #undef DTNH__DOUT
 
+/* Columns [lo, hi) against the packed A block of rows [ic, ic + mc): pairs of pieces, each pair
+   against every panel while its input rows sit in L1. */
+static void dtnh__direct_pieces(const dtnh__gemm *G, const float *abuf, int ic, int mc, int kc, int lo,
+                                int hi, const int32_t *code, const __mmask16 *masks, const dtnh__blend *u) {
+    int by_cols = G->a.kind == DTNH__COLS, rs = by_cols ? 1 : kc, ks = by_cols ? DTNH__MR : 1, col, ir;
+    size_t plane = (size_t)G->c.plane;
+    for (col = lo; col < hi;) {
+        dtnh__dpiece p0, p1;
+        col = dtnh__direct_piece(G, masks, ic, col, hi, &p0);
+        if (col < hi) {
+            col = dtnh__direct_piece(G, masks, ic, col, hi, &p1);
+        } else {
+            memset(&p1, 0, sizeof p1); /* all lanes masked: reads and writes nothing */
+            p1.src = p0.src;
+        }
+        for (ir = 0; ir < mc; ir += DTNH__MR)
+            dtnh__direct_kernel(kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), rs, ks, code, &p0,
+                                &p1, p0.dst + (size_t)ir * plane, p1.len ? p1.dst + (size_t)ir * plane : NULL,
+                                dtnh__kmin(DTNH__MR, mc - ir), plane, u,
+                                G->bias && u->first ? G->bias + ic + ir : NULL);
+    }
+}
+
+static dtnh__blend dtnh__slice_blend(const dtnh__gemm *G, int pc) {
+    dtnh__blend u;
+    u.alpha = G->alpha;
+    u.beta = G->beta;
+    u.bias = 0.0f;
+    u.first = pc == 0;
+    return u;
+}
+
 /* The few-rows loop order with direct tiles: an A block packed once per K slice of a column
-   block, then each pair of pieces runs against every panel of it while its input rows sit in
-   L1 (measured faster than the packed path at every width of ResNet-18, 16 to 512 channels). */
+   block, then its pieces (measured faster than the packed path at every width of ResNet-18,
+   16 to 512 channels). */
 static void dtnh__gemm_range_direct(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                                     int n_lo, int n_hi, float *abuf, float *bbuf) {
-    int by_cols = G->a.kind == DTNH__COLS, jb, pc, ic, ir, col;
-    size_t plane = (size_t)G->c.plane;
+    int jb, pc, ic;
     int32_t *code = (int32_t *)(void *)bbuf;
     __mmask16 *masks = (__mmask16 *)(void *)(code + P->kc);
     dtnh__direct_masks(&G->b.g, masks);
     for (jb = n_lo; jb < n_hi; jb += P->nc) {
         int jb_end = dtnh__kmin(jb + P->nc, n_hi);
         for (pc = 0; pc < G->K; pc += P->kc) {
-            int kc = dtnh__kmin(P->kc, G->K - pc), rs = by_cols ? 1 : kc, ks = by_cols ? DTNH__MR : 1;
-            dtnh__blend u;
-            u.alpha = G->alpha;
-            u.beta = G->beta;
-            u.bias = 0.0f;
-            u.first = pc == 0;
+            int kc = dtnh__kmin(P->kc, G->K - pc);
+            dtnh__blend u = dtnh__slice_blend(G, pc);
             dtnh__direct_codes(&G->b.g, pc, kc, code);
             for (ic = m_lo; ic < m_hi; ic += P->mc) {
                 int mc = dtnh__kmin(P->mc, m_hi - ic);
                 dtnh__pack_a(G, ic, mc, pc, kc, abuf);
-                for (col = jb; col < jb_end;) {
-                    dtnh__dpiece p0, p1;
-                    col = dtnh__direct_piece(G, masks, ic, col, jb_end, &p0);
-                    if (col < jb_end) {
-                        col = dtnh__direct_piece(G, masks, ic, col, jb_end, &p1);
-                    } else {
-                        memset(&p1, 0, sizeof p1); /* all lanes masked: reads and writes nothing */
-                        p1.src = p0.src;
-                    }
-                    for (ir = 0; ir < mc; ir += DTNH__MR)
-                        dtnh__direct_kernel(kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), rs, ks,
-                                            code, &p0, &p1, p0.dst + (size_t)ir * plane,
-                                            p1.len ? p1.dst + (size_t)ir * plane : NULL,
-                                            dtnh__kmin(DTNH__MR, mc - ir), plane, &u,
-                                            G->bias && u.first ? G->bias + ic + ir : NULL);
+                dtnh__direct_pieces(G, abuf, ic, mc, kc, jb, jb_end, code, masks, &u);
+            }
+        }
+    }
+}
+
+/* ---- stride 2 through the input's four phases ------------------------------------------------ */
+/* In a stride-2 convolution tap (c, i, j) of output (oy, ox) reads input row 2 oy - pad + i,
+   which is row oy + di of row phase a, where i - pad = 2 di + a (a in {0, 1}); columns alike.
+   So with an image split into its four phases X_ab[c][y][x] = x[c][2y + a][2x + b] (OH x OW
+   planes, zero past the input), every tap reads a plane at a shift linear in the output pixel:
+   the direct kernel applies, its code table mapping tap (c, i, j), in the packed path's order,
+   to plane (a, b, c) and shift (di, dj). Same values, same K slices, same order: the same
+   bits. */
+
+/* The phase planes as a same-size geometry: 4 c_in channels, OH x OW, taps di, dj. */
+static dtnh_conv_geom dtnh__phase_geom(const dtnh_conv_geom *g) {
+    dtnh_conv_geom s = *g;
+    int lo = -((g->pad + 1) / 2), hi = (g->kh - 1 - g->pad) / 2; /* floor((i - pad) / 2) */
+    s.n = 1;
+    s.c_in = 4 * g->c_in;
+    s.h = s.oh = g->oh;
+    s.w = s.ow = g->ow;
+    s.kh = s.kw = hi - lo + 1;
+    s.pad = -lo;
+    s.stride = 1;
+    return s;
+}
+
+static int dtnh__phases_ok(const dtnh__gemm *G) {
+    const dtnh_conv_geom *g = &G->b.g;
+    int plane = g->oh * g->ow, idle = (plane + 15) / 16 * 16 - plane;
+    if (G->b.kind != DTNH__IM2COL || G->c.kind != DTNH__FOLDED || g->stride != 2) return 0;
+    if (g->kh != g->kw || 2 * g->pad + 1 < g->kh) return 0; /* nothing read past the phases */
+    if (g->kh > 3) return 0; /* a 7x7 stem over 3 channels measured 2% slower */
+    if ((double)4 * g->c_in * plane >= (double)(1 << 25)) return 0;
+    if (plane < 32) return 0; /* an image at a time: one 16-pixel piece leaves half a tile idle */
+    return idle * 8 <= plane || (G->M <= 64 && idle * 3 <= plane);
+}
+
+/* A thread's floats: the A block, the codes, the masks, one image's phases. */
+static size_t dtnh__phases_floats(const dtnh__gemm *G, const dtnh__plan *P) {
+    dtnh_conv_geom s = dtnh__phase_geom(&G->b.g);
+    size_t plane = (size_t)s.h * (size_t)s.w, masks = (plane + 15) / 16 * (size_t)(s.kh * s.kw);
+    return P->a_floats + (size_t)P->kc + (masks / 2 + 32) / 16 * 16 + (size_t)s.c_in * plane;
+}
+
+/* code[k] as dtnh__direct_codes gives it, for tap k of g read in the phase geometry s. */
+static void dtnh__phase_codes(const dtnh_conv_geom *g, const dtnh_conv_geom *s, int k0, int kc, int32_t *code) {
+    int kk = g->kh * g->kw, plane = s->h * s->w, k;
+    for (k = 0; k < kc; k++) {
+        int c = (k0 + k) / kk, t = (k0 + k) % kk, ri = t / g->kw - g->pad, rj = t % g->kw - g->pad;
+        int a = ri & 1, b = rj & 1, di = (ri - a) / 2 + s->pad, dj = (rj - b) / 2 + s->pad;
+        int ch = (a * 2 + b) * g->c_in + c;
+        code[k] = (int32_t)((ch * plane + di * s->w + dj) * 64 + di * s->kw + dj);
+    }
+}
+
+/* Image img's phases into dst (channel (a * 2 + b) * c_in + c); a 1x1 reads phase (0, 0) only. */
+static void dtnh__phase_split(const dtnh_conv_geom *g, const float *x, int img, float *dst) {
+    size_t plane = (size_t)g->oh * (size_t)g->ow;
+    int a, b, c, y, xo;
+    for (a = 0; a < 2; a++)
+        for (b = 0; b < 2; b++) {
+            if (g->kh == 1 && (a || b)) continue;
+            for (c = 0; c < g->c_in; c++) {
+                const float *src = x + ((size_t)img * g->c_in + (size_t)c) * (size_t)g->h * (size_t)g->w;
+                float *d = dst + ((size_t)(a * 2 + b) * g->c_in + (size_t)c) * plane;
+                for (y = 0; y < g->oh; y++, d += g->ow) {
+                    const float *row = src + (size_t)(2 * y + a) * (size_t)g->w + b;
+                    int inside = 2 * y + a < g->h ? (g->w - b + 1) / 2 : 0; /* columns 2 xo + b < w */
+                    if (inside > g->ow) inside = g->ow;
+                    for (xo = 0; xo < inside; xo++) d[xo] = row[2 * xo];
+                    dtnh__vzero(d + inside, g->ow - inside);
                 }
             }
         }
+}
+
+static void dtnh__gemm_range_phases(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
+                                    int n_lo, int n_hi, float *abuf) {
+    dtnh_conv_geom s = dtnh__phase_geom(&G->b.g);
+    int plane = s.h * s.w, col, pc, ic;
+    int32_t *code = (int32_t *)(void *)(abuf + P->a_floats);
+    __mmask16 *masks = (__mmask16 *)(void *)(code + P->kc);
+    float *phases = abuf + dtnh__phases_floats(G, P) - (size_t)s.c_in * (size_t)plane;
+    dtnh__gemm Gi = *G; /* one image at a time: B its phases, C its output */
+    Gi.b.g = s;
+    Gi.b.p = phases;
+    dtnh__direct_masks(&s, masks);
+    for (col = n_lo; col < n_hi;) {
+        int img = col / plane, q0 = col % plane, q1 = dtnh__kmin(plane, q0 + (n_hi - col));
+        dtnh__phase_split(&G->b.g, G->b.p, img, phases);
+        Gi.c.p = G->c.p + (size_t)img * (size_t)G->c.ch * (size_t)plane;
+        for (pc = 0; pc < G->K; pc += P->kc) {
+            int kc = dtnh__kmin(P->kc, G->K - pc);
+            dtnh__blend u = dtnh__slice_blend(G, pc);
+            dtnh__phase_codes(&G->b.g, &s, pc, kc, code);
+            for (ic = m_lo; ic < m_hi; ic += P->mc) {
+                int mc = dtnh__kmin(P->mc, m_hi - ic);
+                dtnh__pack_a(G, ic, mc, pc, kc, abuf);
+                dtnh__direct_pieces(&Gi, abuf, ic, mc, kc, q0, q1, code, masks, &u);
+            }
+        }
+        col += q1 - q0;
     }
 }
 #endif
@@ -2384,6 +2498,10 @@ static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo,
         dtnh__gemm_range_padded(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
         return;
     }
+    if (dtnh__phases_ok(G) && dtnh__phases_floats(G, P) <= P->thread_bytes / sizeof(float)) {
+        dtnh__gemm_range_phases(G, P, m_lo, m_hi, n_lo, n_hi, abuf);
+        return;
+    }
     if (dtnh__direct_ok(G) && dtnh__direct_bytes(&G->b.g, P->kc) <= P->b_floats * sizeof(float)) {
         dtnh__gemm_range_direct(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
         return;
@@ -2467,9 +2585,10 @@ static void dtnh__gemm_run(const dtnh__gemm *G, const dtnh_work *work) {
     (void)T; /* used only by the pragma */
     DTNH_ASSERT(work->bytes >= P.thread_bytes + 64 && work->buf);
 #if defined(DTNH__AVX512)
-    /* The padded backward-weights takes each thread's share of all the work there is (a shared
-       work buffer is sized for the largest layer): the more of it, the more often it fits. */
-    if (G->a.kind == DTNH__IM2COL && G->c.kind == DTNH__COLS)
+    /* The padded backward-weights and the stride-2 phases take each thread's share of all the
+       work there is (a shared work buffer is sized for the largest layer): the more of it, the
+       more often they fit. */
+    if ((G->a.kind == DTNH__IM2COL && G->c.kind == DTNH__COLS) || dtnh__phases_ok(G))
         P.thread_bytes = (work->bytes - 64) / (size_t)T / 64 * 64;
 #endif
     DTNH__OMP(parallel num_threads(T) if (T > 1))

@@ -373,16 +373,20 @@ static int weights_match_im2col_gemm(const dtnh_conv_geom *g, const float *x, co
     return same;
 }
 
-/* Same-size stride-1 convolutions (ResNet's 3x3 layers) read their input directly where the
-   instruction set allows; they must give exactly the bits of an explicit im2col and GEMM (same
-   K slices): forward with and without bias, backward-weights, and backward-data with and
-   without adding. */
+/* Same-size stride-1 convolutions (ResNet's 3x3 layers) and stride-2 ones (through the input's
+   phases) read their input directly where the instruction set allows; they must give exactly
+   the bits of an explicit im2col and GEMM (same K slices): forward with and without bias,
+   backward-weights, and (stride 1) backward-data with and without adding. */
 static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
     static const int p[][9] = {{3, 16, 28, 28, 16, 3, 3, 1, 1}, {6, 20, 14, 14, 12, 3, 3, 1, 1},
                                {2, 32, 8, 8, 40, 3, 3, 1, 1},   {2, 16, 12, 12, 8, 5, 5, 1, 2},
                                {5, 1, 28, 28, 16, 3, 3, 1, 1},  {4, 16, 4, 4, 16, 3, 3, 1, 1},
                                {2, 16, 4, 4, 264, 3, 3, 1, 1},  /* 264 rows: two A blocks */
-                               {6, 24, 7, 7, 20, 3, 3, 1, 1},   {20, 16, 4, 4, 12, 3, 3, 1, 1}};
+                               {6, 24, 7, 7, 20, 3, 3, 1, 1},   {20, 16, 4, 4, 12, 3, 3, 1, 1},
+                               /* stride 2 (forward through the input's phases): even and odd
+                                  sizes, a 1x1, a 7x7 stem */
+                               {3, 16, 28, 28, 32, 3, 3, 2, 1}, {4, 8, 17, 17, 24, 3, 3, 2, 1},
+                               {2, 16, 16, 16, 40, 1, 1, 2, 0}, {2, 3, 30, 30, 16, 7, 7, 2, 3}};
     size_t s;
     dtnh_rng r;
     dtnh_rng_seed(&r, 29);
@@ -391,15 +395,16 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
         dtnh_work work, gw;
         float *x, *w, *b, *dy, *y, *ref, *dx, *dref, *col;
         void *m1, *m2;
-        size_t plane, K, img, i;
+        size_t plane, out, K, img, i; /* input and output pixels per image */
         int threads;
         CHECK(geom_from(&g, p[s]));
         plane = (size_t)g.h * g.w;
+        out = (size_t)g.oh * g.ow;
         K = (size_t)g.c_in * g.kh * g.kw;
         x = rnd(x_count(&g), &r); w = rnd(w_count(&g), &r); b = rnd((size_t)g.c_out, &r);
         dy = rnd(y_count(&g), &r); y = rnd(y_count(&g), &r); ref = rnd(y_count(&g), &r);
         dx = rnd(x_count(&g), &r); dref = rnd(x_count(&g), &r);
-        col = (float *)malloc(K * plane * sizeof(float));
+        col = (float *)malloc(K * out * sizeof(float));
         m1 = conv_work(&work, &g, 2);
         m2 = malloc(dtnh_gemm_work_bytes(1) + 64);
         {
@@ -413,17 +418,17 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
             for (bias = 0; bias <= 1; bias++) {
                 dtnh_conv2d_forward(&g, x, w, bias ? b : NULL, y, &work);
                 for (img = 0; img < (size_t)g.n; img++) {
-                    float *ri = ref + img * g.c_out * plane;
-                    for (i = 0; i < (size_t)g.c_out * plane; i++) ri[i] = bias ? b[i / plane] : 0.0f;
+                    float *ri = ref + img * g.c_out * out;
+                    for (i = 0; i < (size_t)g.c_out * out; i++) ri[i] = bias ? b[i / out] : 0.0f;
                     dtnh_im2col(&g, x + img * g.c_in * plane, col);
-                    dtnh_sgemm(DTNH_NO_TRANS, DTNH_NO_TRANS, g.c_out, (int)plane, (int)K, 1.0f, w, (int)K,
-                               col, (int)plane, bias ? 1.0f : 0.0f, ri, (int)plane, &gw);
+                    dtnh_sgemm(DTNH_NO_TRANS, DTNH_NO_TRANS, g.c_out, (int)out, (int)K, 1.0f, w, (int)K,
+                               col, (int)out, bias ? 1.0f : 0.0f, ri, (int)out, &gw);
                 }
                 CHECK_MSG(memcmp(y, ref, y_count(&g) * sizeof(float)) == 0, "geometry %zu, %d threads, bias %d: forward differs", s, threads, bias);
             }
             CHECK_MSG(weights_match_im2col_gemm(&g, x, dy, &work, &gw),
                       "geometry %zu, %d threads: backward-weights differs", s, threads);
-            if (g.c_in < 16) continue; /* few input channels: col2im, another order */
+            if (g.c_in < 16 || g.stride != 1) continue; /* col2im or scatter: another order */
             dtnh_conv2d_backward_data(&g, dy, w, dx, &work);
             for (img = 0; img < (size_t)g.n; img++)
                 flipped_by_im2col(&g, dy + img * g.c_out * plane, w, 0.0f, dref + img * g.c_in * plane, &gw);
