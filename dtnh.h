@@ -328,8 +328,9 @@ DTNHDEF dtnh_status dtnh_conv_geom_init(dtnh_conv_geom *g, int n, int c_in, int 
 /* Bytes of work the three convolution calls below need with `threads` threads (the packing
    blocks only: no unfolded im2col matrix is ever built). The calls expect a geometry from
    dtnh_conv_geom_init and work of at least dtnh_conv_work_bytes(g, work->threads). With
-   AVX-512, same-size stride-1 convolutions (ResNet's 3x3 layers) read their input directly
-   instead of packing it, with the same bits (tested against dtnh_im2col and dtnh_sgemm). */
+   AVX-512, same-size stride-1 convolutions (ResNet's 3x3 layers) and, through the input's four
+   phases, stride-2 ones read their input directly instead of packing it, with the same bits
+   (tested against dtnh_im2col and dtnh_sgemm). */
 DTNHDEF size_t dtnh_conv_work_bytes(const dtnh_conv_geom *g, int threads);
 
 /* y[n,c_out,oh,ow] = conv(x[n,c_in,h,w], w[c_out,c_in,kh,kw]) + bias (bias may be NULL). */
