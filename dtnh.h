@@ -2040,16 +2040,20 @@ static void dtnh__gemm_range_few_rows(const dtnh__gemm *G, const dtnh__plan *P, 
 
 #define DTNH__DIRECT_TAPS 64 /* largest kh*kw taken directly */
 
+/* Whether images of `plane` output pixels fill enough of the 16-lane vectors: with few rows of
+   C packing weighs more (measured: 7x7, 15 idle lanes of 64, gains with 64 channels, not 512). */
+static int dtnh__direct_lanes_ok(int plane, int rows) {
+    int idle = (plane + 15) / 16 * 16 - plane; /* lanes idle in an image's last vector */
+    return idle * 8 <= plane || (rows <= 64 && idle * 3 <= plane);
+}
+
 static int dtnh__direct_ok(const dtnh__gemm *G) {
     const dtnh_conv_geom *g = &G->b.g;
-    int kk = g->kh * g->kw, plane = g->h * g->w, idle;
+    int kk = g->kh * g->kw, plane = g->h * g->w;
     if (G->b.kind != DTNH__IM2COL || G->c.kind != DTNH__FOLDED) return 0;
     if (g->stride != 1 || kk < 2 || kk > DTNH__DIRECT_TAPS || g->oh != g->h || g->ow != g->w) return 0;
     if ((double)g->c_in * plane >= (double)(1 << 25)) return 0; /* offsets fit a code (below) */
-    idle = (plane + 15) / 16 * 16 - plane; /* lanes idle in an image's last vector */
-    /* with few rows of C packing weighs more: measured, 7x7 (15 idle lanes of 64) gains with 64
-       channels, not with 512 */
-    return idle * 8 <= plane || (G->M <= 64 && idle * 3 <= plane);
+    return dtnh__direct_lanes_ok(plane, G->M);
 }
 
 /* Bytes of a thread's B buffer the direct path uses: a code per k, masks per 16 pixels. */
@@ -2236,13 +2240,13 @@ static dtnh_conv_geom dtnh__phase_geom(const dtnh_conv_geom *g) {
 
 static int dtnh__phases_ok(const dtnh__gemm *G) {
     const dtnh_conv_geom *g = &G->b.g;
-    int plane = g->oh * g->ow, idle = (plane + 15) / 16 * 16 - plane;
+    int plane = g->oh * g->ow;
     if (G->b.kind != DTNH__IM2COL || G->c.kind != DTNH__FOLDED || g->stride != 2) return 0;
     if (g->kh != g->kw || 2 * g->pad + 1 < g->kh) return 0; /* nothing read past the phases */
     if (g->kh > 3) return 0; /* a 7x7 stem over 3 channels measured 2% slower */
     if ((double)4 * g->c_in * plane >= (double)(1 << 25)) return 0;
     if (plane < 32) return 0; /* an image at a time: one 16-pixel piece leaves half a tile idle */
-    return idle * 8 <= plane || (G->M <= 64 && idle * 3 <= plane);
+    return dtnh__direct_lanes_ok(plane, G->M);
 }
 
 /* A thread's floats: the A block, the codes, the masks, one image's phases. */
