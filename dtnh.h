@@ -1131,19 +1131,24 @@ typedef struct dtnh__blend {
     int first;
 } dtnh__blend;
 
+#if defined(DTNH__AVX512)
+/* The lanes m of c blended with vt (bias added by the first slice). */
+static void dtnh__blend16(float *c, __m512 vt, __mmask16 m, const dtnh__blend *u, float bias) {
+    __m512 va = _mm512_set1_ps(u->alpha), v;
+    if (!u->first) v = _mm512_fmadd_ps(va, vt, _mm512_maskz_loadu_ps(m, c));
+    else if (u->beta == 0.0f) v = _mm512_fmadd_ps(va, vt, _mm512_set1_ps(bias));
+    else v = _mm512_fmadd_ps(_mm512_set1_ps(u->beta), _mm512_maskz_loadu_ps(m, c), _mm512_fmadd_ps(va, vt, _mm512_set1_ps(bias)));
+    _mm512_mask_storeu_ps(c, m, v);
+}
+#endif
+
 static void dtnh__blend_run(float *DTNH__RESTRICT c, const float *DTNH__RESTRICT t, int n,
                              const dtnh__blend *u) {
     int i = 0;
 #if defined(DTNH__AVX512)
-    __m512 va = _mm512_set1_ps(u->alpha), vb = _mm512_set1_ps(u->beta);
-    __m512 vbias = _mm512_set1_ps(u->bias);
     for (; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
-        __m512 vt = _mm512_maskz_loadu_ps(m, t + i), v;
-        if (!u->first) v = _mm512_fmadd_ps(va, vt, _mm512_maskz_loadu_ps(m, c + i));
-        else if (u->beta == 0.0f) v = _mm512_fmadd_ps(va, vt, vbias);
-        else v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c + i), _mm512_fmadd_ps(va, vt, vbias));
-        _mm512_mask_storeu_ps(c + i, m, v);
+        dtnh__blend16(c + i, _mm512_maskz_loadu_ps(m, t + i), m, u, u->bias);
     }
 #elif defined(DTNH__AVX2)
     __m256 va = _mm256_set1_ps(u->alpha), vb = _mm256_set1_ps(u->beta);
@@ -1653,7 +1658,8 @@ static void dtnh__pack_a_cols(const dtnh__view *v, int m0, int mc, int k0, int k
 }
 
 #if defined(DTNH__AVX512)
-/* The lanes of pixels q .. q+len-1 (one image) whose tap t reads inside the image, for every t. */
+/* The lanes of pixels q .. q+len-1 (one image) whose tap t reads inside the image, for every t
+   (kh, kw <= 16). */
 static void dtnh__tap_masks(const dtnh_conv_geom *g, int q, int len, __mmask16 *mask) {
     uint32_t rows[16] = {0}, cols[16] = {0};
     int oy = q / g->w, ox = q % g->w, lane, i, j;
@@ -2051,7 +2057,8 @@ static int dtnh__direct_ok(const dtnh__gemm *G) {
     const dtnh_conv_geom *g = &G->b.g;
     int kk = g->kh * g->kw, plane = g->h * g->w;
     if (G->b.kind != DTNH__IM2COL || G->c.kind != DTNH__FOLDED) return 0;
-    if (g->stride != 1 || kk < 2 || kk > DTNH__DIRECT_TAPS || g->oh != g->h || g->ow != g->w) return 0;
+    if (g->stride != 1 || kk < 2 || kk > DTNH__DIRECT_TAPS || g->kh > 16 || g->kw > 16) return 0;
+    if (g->oh != g->h || g->ow != g->w) return 0;
     if ((double)g->c_in * plane >= (double)(1 << 25)) return 0; /* offsets fit a code (below) */
     return dtnh__direct_lanes_ok(plane, G->M);
 }
@@ -2071,21 +2078,11 @@ static void dtnh__direct_codes(const dtnh_conv_geom *g, int k0, int kc, int32_t 
     }
 }
 
-/* masks[(q / 16) * kk + t]: the lanes of pixels q .. q+15 (q a multiple of 16) whose tap t
-   reads inside the image. */
+/* masks[(q / 16) * kk + t]: dtnh__tap_masks of pixels q .. q+15 (q a multiple of 16). */
 static void dtnh__direct_masks(const dtnh_conv_geom *g, __mmask16 *masks) {
-    int plane = g->h * g->w, kk = g->kh * g->kw, q, lane, t;
-    for (q = 0; q < plane; q += 16) {
-        __mmask16 *m = masks + (q / 16) * kk;
-        for (t = 0; t < kk; t++) m[t] = 0;
-        for (lane = 0; lane < 16 && q + lane < plane; lane++) {
-            int oy = (q + lane) / g->w, ox = (q + lane) % g->w;
-            for (t = 0; t < kk; t++) {
-                int iy = oy + t / g->kw - g->pad, ix = ox + t % g->kw - g->pad;
-                if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w) m[t] |= (__mmask16)(1u << lane);
-            }
-        }
-    }
+    int plane = g->h * g->w, q;
+    for (q = 0; q < plane; q += 16)
+        dtnh__tap_masks(g, q, dtnh__kmin(16, plane - q), masks + (q / 16) * g->kh * g->kw);
 }
 
 /* Up to 16 consecutive output pixels of one image, starting at column col of C. */
@@ -2113,25 +2110,14 @@ static int dtnh__direct_piece(const dtnh__gemm *G, const __mmask16 *masks, int m
     return col + len;
 }
 
-static void dtnh__out512_masked(float *c, __m512 v, __mmask16 m, const dtnh__blend *u, float bias) {
-    __m512 va = _mm512_set1_ps(u->alpha);
-    if (!u->first) {
-        v = _mm512_fmadd_ps(va, v, _mm512_maskz_loadu_ps(m, c));
-    } else {
-        v = _mm512_fmadd_ps(va, v, _mm512_set1_ps(bias));
-        if (u->beta != 0.0f) v = _mm512_fmadd_ps(_mm512_set1_ps(u->beta), _mm512_maskz_loadu_ps(m, c), v);
-    }
-    _mm512_mask_storeu_ps(c, m, v);
-}
-
 /* An MR x 32 tile of C over pieces p0 and p1 (p1->len may be 0): the micro-kernel (its row
    macro DTNH__ROW512) with its B rows loaded from the input. */
 #define DTNH__DOUT(r)                                                                          \
     do {                                                                                       \
         if ((r) < mr) {                                                                        \
             float bias_ = bias ? bias[r] : 0.0f;                                               \
-            dtnh__out512_masked(d0 + (size_t)(r) * ldc, c##r##0, lanes0, u, bias_);       \
-            if (lanes1) dtnh__out512_masked(d1 + (size_t)(r) * ldc, c##r##1, lanes1, u, bias_); \
+            dtnh__blend16(d0 + (size_t)(r) * ldc, c##r##0, lanes0, u, bias_);                  \
+            if (lanes1) dtnh__blend16(d1 + (size_t)(r) * ldc, c##r##1, lanes1, u, bias_);      \
         }                                                                                      \
     } while (0)
 static void dtnh__direct_kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks,
@@ -2249,11 +2235,11 @@ static int dtnh__phases_ok(const dtnh__gemm *G) {
     return dtnh__direct_lanes_ok(plane, G->M);
 }
 
-/* A thread's floats: the A block, the codes, the masks, one image's phases. */
+/* A thread's floats: the A block, the codes of all K, the masks, one image's phases. */
 static size_t dtnh__phases_floats(const dtnh__gemm *G, const dtnh__plan *P) {
     dtnh_conv_geom s = dtnh__phase_geom(&G->b.g);
     size_t plane = (size_t)s.h * (size_t)s.w, masks = (plane + 15) / 16 * (size_t)(s.kh * s.kw);
-    return P->a_floats + (size_t)P->kc + (masks / 2 + 32) / 16 * 16 + (size_t)s.c_in * plane;
+    return P->a_floats + (size_t)G->K + (masks / 2 + 32) / 16 * 16 + (size_t)s.c_in * plane;
 }
 
 /* code[k] as dtnh__direct_codes gives it, for tap k of g read in the phase geometry s. */
@@ -2293,11 +2279,12 @@ static void dtnh__gemm_range_phases(const dtnh__gemm *G, const dtnh__plan *P, in
     dtnh_conv_geom s = dtnh__phase_geom(&G->b.g);
     int plane = s.h * s.w, col, pc, ic;
     int32_t *code = (int32_t *)(void *)(abuf + P->a_floats);
-    __mmask16 *masks = (__mmask16 *)(void *)(code + P->kc);
+    __mmask16 *masks = (__mmask16 *)(void *)(code + G->K);
     float *phases = abuf + dtnh__phases_floats(G, P) - (size_t)s.c_in * (size_t)plane;
     dtnh__gemm Gi = *G; /* one image at a time: B its phases, C its output */
     Gi.b.g = s;
     Gi.b.p = phases;
+    dtnh__phase_codes(&G->b.g, &s, 0, G->K, code); /* the same for every image */
     dtnh__direct_masks(&s, masks);
     for (col = n_lo; col < n_hi;) {
         int img = col / plane, q0 = col % plane, q1 = dtnh__kmin(plane, q0 + (n_hi - col));
@@ -2306,11 +2293,10 @@ static void dtnh__gemm_range_phases(const dtnh__gemm *G, const dtnh__plan *P, in
         for (pc = 0; pc < G->K; pc += P->kc) {
             int kc = dtnh__kmin(P->kc, G->K - pc);
             dtnh__blend u = dtnh__slice_blend(G, pc);
-            dtnh__phase_codes(&G->b.g, &s, pc, kc, code);
             for (ic = m_lo; ic < m_hi; ic += P->mc) {
                 int mc = dtnh__kmin(P->mc, m_hi - ic);
                 dtnh__pack_a(G, ic, mc, pc, kc, abuf);
-                dtnh__direct_pieces(&Gi, abuf, ic, mc, kc, q0, q1, code, masks, &u);
+                dtnh__direct_pieces(&Gi, abuf, ic, mc, kc, q0, q1, code + pc, masks, &u);
             }
         }
         col += q1 - q0;
