@@ -2550,10 +2550,19 @@ static double dtnh__pack_cost(int kind) {
     return kind == DTNH__ROWS ? 1.0 : kind == DTNH__IM2COL ? 3.0 : 2.0;
 }
 
+/* Columns are shared in whole slivers, or in half slivers where whole ones leave the threads
+   unbalanced (147 columns on 2 threads: 96 + 51 in slivers, 80 + 67 in halves). A tile's
+   arithmetic does not depend on where it starts, so neither do the bits. */
+static int dtnh__column_unit(int N, int T) {
+    double nu = (N + DTNH__NR - 1) / DTNH__NR;
+    return nu / (T * ceil(nu / T)) < 0.9 ? DTNH__NR / 2 : DTNH__NR;
+}
+
 /* Splits the columns (1) or the rows (0) among T threads: balance first, then the cheaper
    redundant packing (splitting N packs A on every thread, splitting M packs B). */
 static int dtnh__split_columns(const dtnh__gemm *G, int T) {
-    double nu = (G->N + DTNH__NR - 1) / DTNH__NR, mu = (G->M + DTNH__MR - 1) / DTNH__MR;
+    int unit = dtnh__column_unit(G->N, T);
+    double nu = (G->N + unit - 1) / unit, mu = (G->M + DTNH__MR - 1) / DTNH__MR;
     double eff_n = nu / (T * ceil(nu / T)), eff_m = mu / (T * ceil(mu / T));
     double extra_n = 32.0 * dtnh__pack_cost(G->a.kind) * (T - 1) / G->N;
     double extra_m = 32.0 * dtnh__pack_cost(G->b.kind) * (T - 1) / G->M;
@@ -2586,7 +2595,7 @@ static void dtnh__gemm_run(const dtnh__gemm *G, const dtnh_work *work) {
     {
         int t = dtnh__omp_thread(), nt = dtnh__omp_team(), m_lo = 0, m_hi = G->M, n_lo = 0, n_hi = G->N;
         float *abuf = dtnh__thread_buf(work, &P, t);
-        if (by_cols) dtnh__share(G->N, DTNH__NR, t, nt, &n_lo, &n_hi);
+        if (by_cols) dtnh__share(G->N, dtnh__column_unit(G->N, nt), t, nt, &n_lo, &n_hi);
         else dtnh__share(G->M, DTNH__MR, t, nt, &m_lo, &m_hi);
         if (m_lo < m_hi && n_lo < n_hi) dtnh__gemm_range(G, &P, m_lo, m_hi, n_lo, n_hi, abuf, abuf + P.a_floats);
     }

@@ -158,9 +158,11 @@ static void gemm_without_work_runs_unpacked(void) {
     }
 }
 
-/* The same bits with one and with two threads, for shapes split along M and along N. */
+/* The same bits with one and with two threads, for shapes split along M and along N (147
+   columns: in half slivers). */
 static void gemm_is_identical_for_any_thread_count(void) {
-    static const int big[][3] = {{200, 300, 280}, {300, 24, 270}, {24, 700, 90}, {97, 530, 600}};
+    static const int big[][3] = {{200, 300, 280}, {300, 24, 270}, {24, 700, 90}, {97, 530, 600},
+                                 {64, 147, 700}};
     dtnh_work w1, w2;
     void *m1 = gemm_work(&w1, 1), *m2 = gemm_work(&w2, 2);
     dtnh_rng r;
