@@ -2318,6 +2318,7 @@ typedef struct dtnh__padded {
     const dtnh_conv_geom *g;
     const float *x;
     int ph, pw, slots, img[8]; /* padded height and width; which image each slot holds */
+    int c_lo, c_hi;            /* the channels this thread's rows read: only those are copied */
     size_t image_floats;       /* c_in * ph * pw */
     float *buf;
 } dtnh__padded;
@@ -2351,7 +2352,7 @@ static float *dtnh__padded_image(dtnh__padded *d, int img) {
     float *dst = d->buf + (size_t)slot * ((d->image_floats + 15) / 16 * 16);
     if (d->img[slot] == img) return dst;
     d->img[slot] = img;
-    for (c = 0; c < g->c_in; c++) {
+    for (c = d->c_lo; c < d->c_hi; c++) {
         float *plane = dst + (size_t)c * (size_t)d->ph * (size_t)d->pw;
         const float *src = d->x + ((size_t)img * g->c_in + (size_t)c) * (size_t)g->h * (size_t)g->w;
         memset(plane, 0, (size_t)d->pw * (size_t)g->pad * sizeof(float));
@@ -2445,6 +2446,8 @@ static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, in
     d.pw = g->w + g->kw - 1;
     d.slots = dtnh__padded_slots(g, P->kc);
     d.image_floats = (size_t)g->c_in * (size_t)d.ph * (size_t)d.pw;
+    d.c_lo = m_lo / kk;
+    d.c_hi = (m_hi - 1) / kk + 1;
     (void)bbuf; /* one block: the slivers, the images, the offsets, the copy of C */
     d.buf = abuf + dtnh__padded_slivers(G, P);
     for (s = 0; s < 8; s++) d.img[s] = -1;
