@@ -2554,11 +2554,12 @@ static double dtnh__pack_cost(int kind) {
 }
 
 /* Columns are shared in whole slivers, or in half slivers where whole ones leave the threads
-   unbalanced (147 columns on 2 threads: 96 + 51 in slivers, 80 + 67 in halves). A tile's
-   arithmetic does not depend on where it starts, so neither do the bits. */
+   unbalanced and each thread gets several (147 columns on 2 threads: 96 + 51 in slivers,
+   80 + 67 in halves; 32 columns stay whole: two half-width tiles run slower than one). A
+   tile's arithmetic does not depend on where it starts, so neither do the bits. */
 static int dtnh__column_unit(int N, int T) {
     double nu = (N + DTNH__NR - 1) / DTNH__NR;
-    return nu / (T * ceil(nu / T)) < 0.9 ? DTNH__NR / 2 : DTNH__NR;
+    return nu >= 2 * T && nu / (T * ceil(nu / T)) < 0.9 ? DTNH__NR / 2 : DTNH__NR;
 }
 
 /* Splits the columns (1) or the rows (0) among T threads: balance first, then the cheaper
