@@ -2312,24 +2312,33 @@ static void dtnh__gemm_range_phases(const dtnh__gemm *G, const dtnh__plan *P, in
    the thread's buffer, and the micro-kernel broadcasts A's elements straight from there: tap
    (c, i, j) of output pixel (oy, ox) is padded element (c, oy + i, ox + j). Measured faster at
    every width of ResNet-18 (28x28x16: 1.65 -> 1.2 ms, 7x7x64: 1.08 -> 0.84 ms, 1-5% on wide
-   layers). Same values, same K slices, same order: the same bits as the packed path. */
+   layers). Stride-2 convolutions copy the input's four phases instead (see the forward's
+   phases above), each plane padded: tap (c, i, j) is then element (oy + di, ox + dj) of plane
+   (a, b, c). Same values, same K slices, same order: the same bits as the packed path. */
 
 typedef struct dtnh__padded {
-    const dtnh_conv_geom *g;
+    const dtnh_conv_geom *g;   /* the convolution */
+    dtnh_conv_geom s;          /* what is padded: g, or for stride 2 its phase planes */
     const float *x;
     int ph, pw, slots, img[8]; /* padded height and width; which image each slot holds */
     int c_lo, c_hi;            /* the channels this thread's rows read: only those are copied */
-    size_t image_floats;       /* c_in * ph * pw */
+    size_t image_floats;       /* s.c_in * ph * pw */
     float *buf;
 } dtnh__padded;
 
 
+/* The same-size geometry whose input is padded: the convolution's, or its phase planes'. */
+static dtnh_conv_geom dtnh__padded_geom(const dtnh_conv_geom *g) {
+    return g->stride == 2 ? dtnh__phase_geom(g) : *g;
+}
+
 /* Slots a K slice of kc pixels can touch, and the floats of a thread's buffer they need. */
 static int dtnh__padded_slots(const dtnh_conv_geom *g, int kc) {
-    return (kc + g->h * g->w - 2) / (g->h * g->w) + 1;
+    return (kc + g->oh * g->ow - 2) / (g->oh * g->ow) + 1;
 }
 static size_t dtnh__padded_floats(const dtnh_conv_geom *g, int kc) {
-    size_t image = (size_t)g->c_in * (size_t)(g->h + g->kh - 1) * (size_t)(g->w + g->kw - 1);
+    dtnh_conv_geom s = dtnh__padded_geom(g);
+    size_t image = (size_t)s.c_in * (size_t)(s.h + s.kh - 1) * (size_t)(s.w + s.kw - 1);
     return (size_t)dtnh__padded_slots(g, kc) * ((image + 15) / 16 * 16) + (size_t)kc + 16;
 }
 
@@ -2340,9 +2349,32 @@ static size_t dtnh__padded_slivers(const dtnh__gemm *G, const dtnh__plan *P) {
 
 static int dtnh__padded_ok(const dtnh__gemm *G, const dtnh__plan *P) {
     const dtnh_conv_geom *g = &G->a.g;
-    return G->a.kind == DTNH__IM2COL && G->c.kind == DTNH__COLS &&
-           g->stride == 1 && g->oh == g->h && g->ow == g->w && dtnh__padded_slots(g, P->kc) <= 8 &&
+    int same_size = g->stride == 1 && g->oh == g->h && g->ow == g->w;
+    int phases = g->stride == 2 && g->kh == g->kw && g->kh <= 3 && 2 * g->pad + 1 >= g->kh;
+    return G->a.kind == DTNH__IM2COL && G->c.kind == DTNH__COLS && (same_size || phases) &&
+           dtnh__padded_slots(g, P->kc) <= 8 &&
            dtnh__padded_slivers(G, P) + dtnh__padded_floats(g, P->kc) <= P->thread_bytes / sizeof(float);
+}
+
+/* Image img's phases, channels [c_lo, c_hi) of each, into padded planes at dst. */
+static void dtnh__padded_phases(const dtnh__padded *d, int img, float *dst) {
+    const dtnh_conv_geom *g = d->g;
+    int a, b, c, y, xo;
+    for (a = 0; a < 2; a++)
+        for (b = 0; b < 2; b++) {
+            if (g->kh == 1 && (a || b)) continue; /* a 1x1 reads phase (0, 0) only */
+            for (c = d->c_lo; c < d->c_hi; c++) {
+                const float *src = d->x + ((size_t)img * g->c_in + (size_t)c) * (size_t)g->h * (size_t)g->w;
+                float *plane = dst + ((size_t)(a * 2 + b) * g->c_in + (size_t)c) * (size_t)d->ph * (size_t)d->pw;
+                dtnh__vzero(plane, d->ph * d->pw);
+                for (y = 0; y < g->oh && 2 * y + a < g->h; y++) {
+                    const float *row = src + (size_t)(2 * y + a) * (size_t)g->w + b;
+                    float *out = plane + (size_t)(y + d->s.pad) * (size_t)d->pw + (size_t)d->s.pad;
+                    int inside = dtnh__kmin(g->ow, (g->w - b + 1) / 2); /* columns 2 xo + b < w */
+                    for (xo = 0; xo < inside; xo++) out[xo] = row[2 * xo];
+                }
+            }
+        }
 }
 
 /* The padded copy of image img, in its slot (if not there already). */
@@ -2352,6 +2384,10 @@ static float *dtnh__padded_image(dtnh__padded *d, int img) {
     float *dst = d->buf + (size_t)slot * ((d->image_floats + 15) / 16 * 16);
     if (d->img[slot] == img) return dst;
     d->img[slot] = img;
+    if (g->stride == 2) {
+        dtnh__padded_phases(d, img, dst);
+        return dst;
+    }
     for (c = d->c_lo; c < d->c_hi; c++) {
         float *plane = dst + (size_t)c * (size_t)d->ph * (size_t)d->pw;
         const float *src = d->x + ((size_t)img * g->c_in + (size_t)c) * (size_t)g->h * (size_t)g->w;
@@ -2368,13 +2404,29 @@ static float *dtnh__padded_image(dtnh__padded *d, int img) {
     return dst;
 }
 
+/* Where tap (c, i, j) of output pixel 0 sits in a slot: tap i - pad = 2 di + a (stride 2)
+   reads row di of phase a; with stride 1, row i - pad. Then shifted by the padding. */
+static const float *dtnh__padded_tap(const dtnh__padded *d, int c, int i, int j) {
+    const dtnh_conv_geom *g = d->g;
+    int ri = i - g->pad, rj = j - g->pad, a = 0, b = 0;
+    size_t ch;
+    if (g->stride == 2) {
+        a = ri & 1;
+        b = rj & 1;
+        ri = (ri - a) / 2;
+        rj = (rj - b) / 2;
+    }
+    ch = (size_t)(a * 2 + b) * (size_t)g->c_in + (size_t)c;
+    return d->buf + (ch * (size_t)d->ph + (size_t)(ri + d->s.pad)) * (size_t)d->pw + (size_t)(rj + d->s.pad);
+}
+
 /* off[k]: where in the buffer tap (0, 0, 0) of pixel k0 + k sits, its images padded. */
 static void dtnh__padded_offsets(dtnh__padded *d, int k0, int kc, int32_t *off) {
-    int plane = d->g->h * d->g->w, k = 0;
+    int plane = d->g->oh * d->g->ow, k = 0;
     while (k < kc) {
         int img = (k0 + k) / plane, q = (k0 + k) % plane, end = dtnh__kmin(kc, k + plane - q);
         int32_t at = (int32_t)(dtnh__padded_image(d, img) - d->buf);
-        for (; k < end; k++, q++) off[k] = at + (int32_t)(q / d->g->w * d->pw + q % d->g->w);
+        for (; k < end; k++, q++) off[k] = at + (int32_t)(q / d->g->ow * d->pw + q % d->g->ow);
     }
 }
 
@@ -2442,10 +2494,11 @@ static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, in
     float *ct;
     d.g = g;
     d.x = G->a.p;
-    d.ph = g->h + g->kh - 1;
-    d.pw = g->w + g->kw - 1;
+    d.s = dtnh__padded_geom(g);
+    d.ph = d.s.h + d.s.kh - 1;
+    d.pw = d.s.w + d.s.kw - 1;
     d.slots = dtnh__padded_slots(g, P->kc);
-    d.image_floats = (size_t)g->c_in * (size_t)d.ph * (size_t)d.pw;
+    d.image_floats = (size_t)d.s.c_in * (size_t)d.ph * (size_t)d.pw;
     d.c_lo = m_lo / kk;
     d.c_hi = (m_hi - 1) / kk + 1;
     (void)bbuf; /* one block: the slivers, the images, the offsets, the copy of C */
@@ -2462,8 +2515,8 @@ static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, in
             int mr = dtnh__kmin(DTNH__MR, m_hi - ir);
             const float *rows[DTNH__MR];
             for (r = 0; r < DTNH__MR; r++) { /* rows past M read tap 0: computed, never stored */
-                int m = ir + (r < mr ? r : 0), c = m / kk, t = m % kk;
-                rows[r] = d.buf + (size_t)c * (size_t)d.ph * (size_t)d.pw + (size_t)(t / g->kw) * (size_t)d.pw + (size_t)(t % g->kw);
+                int m = ir + (r < mr ? r : 0);
+                rows[r] = dtnh__padded_tap(&d, m / kk, m % kk / g->kw, m % g->kw);
             }
             for (jr = n_lo; jr < n_hi; jr += DTNH__NR) {
                 DTNH_ALIGNED(64) float tile[DTNH__MR * DTNH__NR];
