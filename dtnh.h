@@ -2316,11 +2316,13 @@ static void dtnh__gemm_range_phases(const dtnh__gemm *G, const dtnh__plan *P, in
    phases above), each plane padded: tap (c, i, j) is then element (oy + di, ox + dj) of plane
    (a, b, c). Same values, same K slices, same order: the same bits as the packed path. */
 
+#define DTNH__PADDED_SLOTS 24 /* images a K slice may touch */
+
 typedef struct dtnh__padded {
     const dtnh_conv_geom *g;   /* the convolution */
     dtnh_conv_geom s;          /* what is padded: g, or for stride 2 its phase planes */
     const float *x;
-    int ph, pw, slots, img[8]; /* padded height and width; which image each slot holds */
+    int ph, pw, slots, img[DTNH__PADDED_SLOTS]; /* padded height and width; which image each slot holds */
     int c_lo, c_hi;            /* the channels this thread's rows read: only those are copied */
     size_t image_floats;       /* s.c_in * ph * pw */
     float *buf;
@@ -2352,7 +2354,7 @@ static int dtnh__padded_ok(const dtnh__gemm *G, const dtnh__plan *P) {
     int same_size = g->stride == 1 && g->oh == g->h && g->ow == g->w;
     int phases = g->stride == 2 && g->kh == g->kw && g->kh <= 3 && 2 * g->pad + 1 >= g->kh;
     return G->a.kind == DTNH__IM2COL && G->c.kind == DTNH__COLS && (same_size || phases) &&
-           dtnh__padded_slots(g, P->kc) <= 8 &&
+           dtnh__padded_slots(g, P->kc) <= DTNH__PADDED_SLOTS &&
            dtnh__padded_slivers(G, P) + dtnh__padded_floats(g, P->kc) <= P->thread_bytes / sizeof(float);
 }
 
@@ -2503,7 +2505,7 @@ static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, in
     d.c_hi = (m_hi - 1) / kk + 1;
     (void)bbuf; /* one block: the slivers, the images, the offsets, the copy of C */
     d.buf = abuf + dtnh__padded_slivers(G, P);
-    for (s = 0; s < 8; s++) d.img[s] = -1;
+    for (s = 0; s < DTNH__PADDED_SLOTS; s++) d.img[s] = -1;
     off = (int32_t *)(void *)(d.buf + (size_t)d.slots * ((d.image_floats + 15) / 16 * 16));
     ct = dtnh__padded_c_copy(G, P, m_lo, m_hi, n_lo, n_hi, abuf, &Gt);
     if (ct) Gc = &Gt;

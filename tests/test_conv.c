@@ -384,17 +384,20 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
                                {2, 16, 4, 4, 264, 3, 3, 1, 1},  /* 264 rows: two A blocks */
                                {6, 24, 7, 7, 20, 3, 3, 1, 1},   {20, 16, 4, 4, 12, 3, 3, 1, 1},
                                /* stride 2 (forward through the input's phases): even and odd
-                                  sizes, a 1x1, a 7x7 stem */
+                                  sizes, a 1x1, a 7x7 stem; 4x4 outputs, whose K slices span 17
+                                  images (backward-weights through padded phases) */
                                {2, 16, 20, 20, 32, 3, 3, 2, 1}, {4, 8, 17, 17, 24, 3, 3, 2, 1},
-                               {2, 16, 16, 16, 40, 1, 1, 2, 0}, {2, 3, 30, 30, 16, 7, 7, 2, 3}};
+                               {2, 16, 16, 16, 40, 1, 1, 2, 0}, {2, 3, 30, 30, 16, 7, 7, 2, 3},
+                               {20, 8, 7, 7, 16, 3, 3, 2, 1},   {20, 16, 7, 7, 24, 1, 1, 2, 0}};
     size_t s;
     dtnh_rng r;
     dtnh_rng_seed(&r, 29);
     for (s = 0; s < sizeof p / sizeof p[0]; s++) {
         dtnh_conv_geom g;
-        dtnh_work work, gw;
+        dtnh_work work, gw, big;
         float *x, *w, *b, *dy, *y, *ref, *dx, *dref, *col;
-        void *m1, *m2;
+        void *m1, *m2, *m3;
+        size_t big_bytes = (size_t)4 << 20;
         size_t plane, out, K, img, i; /* input and output pixels per image */
         int threads, max_threads = 1;
 #ifdef _OPENMP
@@ -409,6 +412,12 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
         dx = rnd(x_count(&g), &r); dref = rnd(x_count(&g), &r);
         col = (float *)malloc(K * out * sizeof(float));
         m1 = conv_work(&work, &g, 2);
+        m3 = malloc(big_bytes + 64);
+        {
+            dtnh_arena a;
+            dtnh_arena_init(&a, m3, big_bytes + 64);
+            dtnh_work_alloc(&big, &a, big_bytes, 2, NULL);
+        }
         m2 = malloc(dtnh_gemm_work_bytes(1) + 64);
         {
             dtnh_arena a;
@@ -431,6 +440,9 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
             }
             CHECK_MSG(weights_match_im2col_gemm(&g, x, dy, &work, &gw),
                       "geometry %zu, %d threads: backward-weights differs", s, threads);
+            /* a network shares a buffer sized for its largest layer: paths it lets fit */
+            CHECK_MSG(weights_match_im2col_gemm(&g, x, dy, &big, &gw),
+                      "geometry %zu, %d threads: backward-weights (large work buffer) differs", s, threads);
             if (g.c_in < 16 || g.stride != 1) continue; /* col2im or scatter: another order */
             dtnh_conv2d_backward_data(&g, dy, w, dx, &work);
             for (img = 0; img < (size_t)g.n; img++)
@@ -446,7 +458,7 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
         conv_set_threads(dtnh_threads());
         CHECK(guard_intact(&work));
         free(x); free(w); free(b); free(dy); free(y); free(ref); free(dx); free(dref); free(col);
-        free(m1); free(m2);
+        free(m1); free(m2); free(m3);
     }
 }
 
