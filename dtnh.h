@@ -2253,10 +2253,21 @@ static void dtnh__phase_codes(const dtnh_conv_geom *g, const dtnh_conv_geom *s, 
     }
 }
 
+/* out[x] = row[2 x] for x < count, reading nothing past row[2 count - 2]. */
+static void dtnh__copy_even(const float *row, int count, float *out) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    int x = 0;
+    for (; x + 16 <= count; x += 16) {
+        __m512 lo = _mm512_loadu_ps(row + 2 * x), hi = _mm512_maskz_loadu_ps(0x7FFF, row + 2 * x + 16);
+        _mm512_storeu_ps(out + x, _mm512_permutex2var_ps(lo, even, hi));
+    }
+    for (; x < count; x++) out[x] = row[2 * x];
+}
+
 /* Image img's phases into dst (channel (a * 2 + b) * c_in + c); a 1x1 reads phase (0, 0) only. */
 static void dtnh__phase_split(const dtnh_conv_geom *g, const float *x, int img, float *dst) {
     size_t plane = (size_t)g->oh * (size_t)g->ow;
-    int a, b, c, y, xo;
+    int a, b, c, y;
     for (a = 0; a < 2; a++)
         for (b = 0; b < 2; b++) {
             if (g->kh == 1 && (a || b)) continue;
@@ -2267,7 +2278,7 @@ static void dtnh__phase_split(const dtnh_conv_geom *g, const float *x, int img, 
                     const float *row = src + (size_t)(2 * y + a) * (size_t)g->w + b;
                     int inside = 2 * y + a < g->h ? (g->w - b + 1) / 2 : 0; /* columns 2 xo + b < w */
                     if (inside > g->ow) inside = g->ow;
-                    for (xo = 0; xo < inside; xo++) d[xo] = row[2 * xo];
+                    dtnh__copy_even(row, inside, d);
                     dtnh__vzero(d + inside, g->ow - inside);
                 }
             }
@@ -2329,9 +2340,14 @@ typedef struct dtnh__padded {
 } dtnh__padded;
 
 
-/* The same-size geometry whose input is padded: the convolution's, or its phase planes'. */
+/* The same-size geometry whose input is padded: the convolution's, or its phase planes' (a
+   1x1 reads phase (0, 0) only). */
 static dtnh_conv_geom dtnh__padded_geom(const dtnh_conv_geom *g) {
-    return g->stride == 2 ? dtnh__phase_geom(g) : *g;
+    dtnh_conv_geom s = *g;
+    if (g->stride != 2) return s;
+    s = dtnh__phase_geom(g);
+    if (g->kh == 1) s.c_in = g->c_in;
+    return s;
 }
 
 /* Slots a K slice of kc pixels can touch, and the floats of a thread's buffer they need. */
@@ -2361,7 +2377,7 @@ static int dtnh__padded_ok(const dtnh__gemm *G, const dtnh__plan *P) {
 /* Image img's phases, channels [c_lo, c_hi) of each, into padded planes at dst. */
 static void dtnh__padded_phases(const dtnh__padded *d, int img, float *dst) {
     const dtnh_conv_geom *g = d->g;
-    int a, b, c, y, xo;
+    int a, b, c, y;
     for (a = 0; a < 2; a++)
         for (b = 0; b < 2; b++) {
             if (g->kh == 1 && (a || b)) continue; /* a 1x1 reads phase (0, 0) only */
@@ -2373,7 +2389,7 @@ static void dtnh__padded_phases(const dtnh__padded *d, int img, float *dst) {
                     const float *row = src + (size_t)(2 * y + a) * (size_t)g->w + b;
                     float *out = plane + (size_t)(y + d->s.pad) * (size_t)d->pw + (size_t)d->s.pad;
                     int inside = dtnh__kmin(g->ow, (g->w - b + 1) / 2); /* columns 2 xo + b < w */
-                    for (xo = 0; xo < inside; xo++) out[xo] = row[2 * xo];
+                    dtnh__copy_even(row, inside, out);
                 }
             }
         }
