@@ -2959,11 +2959,67 @@ DTNHDEF void dtnh_conv2d_backward_weights(const dtnh_conv_geom *g, const float *
     }
 }
 
+#if defined(DTNH__AVX512)
+/* d[2 q] += src[q] for q < n, sixteen at a time: each element still gets one addition, so
+   every pixel of dX sees its additions in the same order as the scalar loop's. */
+static void dtnh__add_even(float *d, const float *src, int n) {
+    const __m512i lo = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    const __m512i hi = _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8);
+    int q;
+    for (q = 0; q < n; q += 16, d += 32) {
+        int r = dtnh__kmin(16, n - q), r0 = dtnh__kmin(8, r), r1 = r - r0;
+        __mmask16 m0 = (__mmask16)(0x5555u & ((1u << (2 * r0)) - 1u));
+        __mmask16 m1 = (__mmask16)(0x5555u & ((1u << (2 * r1)) - 1u));
+        __m512 s = _mm512_maskz_loadu_ps((__mmask16)((1u << r) - 1u), src + q);
+        _mm512_mask_storeu_ps(d, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, d), _mm512_permutexvar_ps(lo, s)));
+        if (m1)
+            _mm512_mask_storeu_ps(d + 16, m1,
+                                  _mm512_add_ps(_mm512_maskz_loadu_ps(m1, d + 16), _mm512_permutexvar_ps(hi, s)));
+    }
+}
+#endif
+
 /* Adds W^T.dY tile rows [m_lo, m_hi) (whole channels) x columns [n_lo, n_hi), held in t with
    row stride ld, into dX: the adjoint of im2col, in a fixed order. */
+#if defined(DTNH__AVX512)
+/* dtnh__col2im_add for stride 2: the same loops (rows, then output rows in column order), the
+   output rows stepped through without divisions and each added by dtnh__add_even. */
+static void dtnh__col2im_add_s2(const dtnh_conv_geom *g, const float *t, size_t ld, int m_lo,
+                                int m_hi, int n_lo, int n_hi, float *dx) {
+    int kk = g->kh * g->kw, ohw = g->oh * g->ow, m;
+    for (m = m_lo; m < m_hi; m++, t += ld) {
+        int c = m / kk, i = m % kk / g->kw, j = m % g->kw;
+        int img = n_lo / ohw, oy = n_lo % ohw / g->ow, ox = n_lo % g->ow, col = n_lo;
+        const float *src = t;
+        while (col < n_hi) {
+            int len = dtnh__kmin(g->ow - ox, n_hi - col), iy = 2 * oy - g->pad + i;
+            if (iy >= 0 && iy < g->h) {
+                int ix0 = 2 * ox - g->pad + j, lo = ix0 < 0 ? (1 - ix0) / 2 : 0;
+                int hi = dtnh__kmin(len, (g->w - ix0 + 1) / 2); /* ix0 + 2 q < w */
+                float *d = dx + (((size_t)img * g->c_in + (size_t)c) * g->h + (size_t)iy) * g->w;
+                if (hi > lo) dtnh__add_even(d + ix0 + 2 * lo, src + lo, hi - lo);
+            }
+            src += len;
+            col += len;
+            ox += len;
+            if (ox == g->ow) {
+                ox = 0;
+                if (++oy == g->oh) oy = 0, img++;
+            }
+        }
+    }
+}
+#endif
+
 static void dtnh__col2im_add(const dtnh_conv_geom *g, const float *t, size_t ld, int m_lo,
                              int m_hi, int n_lo, int n_hi, float *dx) {
     int kk = g->kh * g->kw, s = g->stride, m;
+#if defined(DTNH__AVX512)
+    if (s == 2) {
+        dtnh__col2im_add_s2(g, t, ld, m_lo, m_hi, n_lo, n_hi, dx);
+        return;
+    }
+#endif
     for (m = m_lo; m < m_hi; m++, t += ld) {
         int c = m / kk, i = m % kk / g->kw, j = m % g->kw;
         dtnh__runs w;

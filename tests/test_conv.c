@@ -54,6 +54,14 @@ static void *conv_work(dtnh_work *w, const dtnh_conv_geom *g, int threads) {
     memset((unsigned char *)w->buf + bytes, 0xC3, GUARD);
     return mem;
 }
+/* A one-thread GEMM work buffer, for references built on dtnh_sgemm. */
+static void *gemm_work_for_tests(dtnh_work *w) {
+    void *mem = malloc(dtnh_gemm_work_bytes(1) + 64);
+    dtnh_arena a;
+    dtnh_arena_init(&a, mem, dtnh_gemm_work_bytes(1) + 64);
+    dtnh_work_alloc(w, &a, dtnh_gemm_work_bytes(1), 1, NULL);
+    return mem;
+}
 static int guard_intact(const dtnh_work *w) {
     const unsigned char *p = (const unsigned char *)w->buf + w->bytes;
     int i;
@@ -418,12 +426,7 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
             dtnh_arena_init(&a, m3, big_bytes + 64);
             dtnh_work_alloc(&big, &a, big_bytes, 2, NULL);
         }
-        m2 = malloc(dtnh_gemm_work_bytes(1) + 64);
-        {
-            dtnh_arena a;
-            dtnh_arena_init(&a, m2, dtnh_gemm_work_bytes(1) + 64);
-            dtnh_work_alloc(&gw, &a, dtnh_gemm_work_bytes(1), 1, NULL);
-        }
+        m2 = gemm_work_for_tests(&gw);
         for (threads = 1; threads <= max_threads; threads++) {
             int bias;
             conv_set_threads(threads);
@@ -543,6 +546,70 @@ static void conv_geom_rejects_bad_geometry(void) {
     CHECK_STATUS(dtnh_conv_geom_init(NULL, 1, 3, 8, 8, 4, 3, 3, 1, 1, &err), DTNH_ERR_ARG);
 }
 
+/* Stride-2 backward-data with overlapping taps adds W^T.dY into dX a tile at a time (512
+   columns, DTNH__C2I_COLS in dtnh.h; rows in (c, i, j) order): an explicit GEMM per tile and a
+   scalar col2im in that order, added onto dx. */
+static void col2im_in_tiles(const dtnh_conv_geom *g, const float *dy, const float *w, float *dx,
+                            const dtnh_work *gw) {
+    int kk = g->kh * g->kw, M = g->c_in * kk, ohw = g->oh * g->ow, N = g->n * ohw, col, m, k, n;
+    float *b = (float *)malloc((size_t)g->c_out * 512 * sizeof(float));
+    float *t = (float *)malloc((size_t)M * 512 * sizeof(float));
+    for (col = 0; col < N; col += 512) {
+        int cols = N - col < 512 ? N - col : 512;
+        for (k = 0; k < g->c_out; k++)
+            for (n = 0; n < cols; n++)
+                b[k * cols + n] = dy[((size_t)((col + n) / ohw) * g->c_out + k) * ohw + (col + n) % ohw];
+        dtnh_sgemm(DTNH_TRANS, DTNH_NO_TRANS, M, cols, g->c_out, 1.0f, w, M, b, cols, 0.0f, t, cols, gw);
+        for (m = 0; m < M; m++)
+            for (n = 0; n < cols; n++) {
+                int q = col + n, img = q / ohw, oy = q % ohw / g->ow, ox = q % g->ow;
+                int iy = oy * g->stride - g->pad + m % kk / g->kw, ix = ox * g->stride - g->pad + m % g->kw;
+                if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w)
+                    dx[(((size_t)img * g->c_in + m / kk) * g->h + iy) * g->w + ix] += t[(size_t)m * cols + n];
+            }
+    }
+    free(b); free(t);
+}
+
+/* The vectorised col2im keeps each pixel's order of additions: the same bits as the scalar one. */
+static void conv_stride2_backward_data_adds_in_col2im_order(void) {
+    static const int p[][9] = {{4, 8, 17, 17, 24, 3, 3, 2, 1}, {8, 16, 28, 28, 32, 3, 3, 2, 1},
+                               {6, 12, 15, 15, 20, 3, 3, 2, 0}, {3, 3, 30, 30, 16, 7, 7, 2, 3},
+                               {2, 8, 9, 9, 300, 3, 3, 2, 1}}; /* 300: two K slices */
+    dtnh_rng r;
+    size_t s;
+    dtnh_rng_seed(&r, 31);
+    for (s = 0; s < sizeof p / sizeof p[0]; s++) {
+        dtnh_conv_geom g;
+        dtnh_work work, gw;
+        float *dy, *w, *dx, *ref;
+        void *m1, *m2;
+        int threads, max_threads = 1, add;
+#ifdef _OPENMP
+        max_threads = 2;
+#endif
+        CHECK(geom_from(&g, p[s]));
+        dy = rnd(y_count(&g), &r); w = rnd(w_count(&g), &r);
+        dx = rnd(x_count(&g), &r); ref = (float *)malloc(x_count(&g) * sizeof(float));
+        m1 = conv_work(&work, &g, 2);
+        m2 = gemm_work_for_tests(&gw);
+        for (threads = 1; threads <= max_threads; threads++)
+            for (add = 0; add <= 1; add++) {
+                conv_set_threads(threads);
+                if (add) memcpy(ref, dx, x_count(&g) * sizeof(float));
+                else memset(ref, 0, x_count(&g) * sizeof(float));
+                col2im_in_tiles(&g, dy, w, ref, &gw);
+                if (add) dtnh_conv2d_backward_data_add(&g, dy, w, dx, &work);
+                else dtnh_conv2d_backward_data(&g, dy, w, dx, &work);
+                CHECK_MSG(memcmp(dx, ref, x_count(&g) * sizeof(float)) == 0,
+                          "geometry %zu, %d threads, add %d: backward-data differs", s, threads, add);
+            }
+        conv_set_threads(dtnh_threads());
+        CHECK(guard_intact(&work));
+        free(dy); free(w); free(dx); free(ref); free(m1); free(m2);
+    }
+}
+
 static void conv_work_bytes_are_counted_exactly(void) {
     dtnh_conv_geom g;
     dtnh_arena counter;
@@ -565,4 +632,5 @@ void suite_conv(void) {
     RUN(conv_backward_data_add_adds_the_gradient);
     RUN(conv_is_identical_for_any_thread_count);
     RUN(conv_same_size_gives_the_bits_of_im2col_and_gemm);
+    RUN(conv_stride2_backward_data_adds_in_col2im_order);
 }
