@@ -2971,10 +2971,10 @@ static void dtnh__add_even(float *d, const float *src, int n) {
         __mmask16 m0 = (__mmask16)(0x5555u & ((1u << (2 * r0)) - 1u));
         __mmask16 m1 = (__mmask16)(0x5555u & ((1u << (2 * r1)) - 1u));
         __m512 s = _mm512_maskz_loadu_ps((__mmask16)((1u << r) - 1u), src + q);
-        _mm512_mask_storeu_ps(d, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, d), _mm512_permutexvar_ps(lo, s)));
+        _mm512_mask_storeu_ps(d, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, d), _mm512_permutex2var_ps(s, lo, s)));
         if (m1)
             _mm512_mask_storeu_ps(d + 16, m1,
-                                  _mm512_add_ps(_mm512_maskz_loadu_ps(m1, d + 16), _mm512_permutexvar_ps(hi, s)));
+                                  _mm512_add_ps(_mm512_maskz_loadu_ps(m1, d + 16), _mm512_permutex2var_ps(s, hi, s)));
     }
 }
 #endif
