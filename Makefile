@@ -43,8 +43,9 @@ test-run: $(B)/tests/run $(PROGRAMS)
 	@tail -n 2 $(B)/hello.out
 	DTNH_BIN=$(EX) ./$(B)/tests/run
 
-# The full check: strict builds with gcc and clang, with and without OpenMP, as C++, the
-# suite under the sanitizers, and the suite itself (its last line: N passed, M failed).
+# The full check: strict builds with gcc and clang, with and without OpenMP, as C++ (each for
+# the plain C paths and for this machine's SIMD ones, $(ARCH)), the suite under the
+# sanitizers, and the suite itself (its last line: N passed, M failed).
 test: check-headers check-cxx check-examples check-san check-reliability
 	$(MAKE) --no-print-directory test-run
 
@@ -52,12 +53,14 @@ check-headers:
 	@for cc in gcc clang; do for omp in "" -fopenmp; do \
 	  echo "  strict build: $$cc $$omp"; \
 	  $$cc $(WARN) -Werror -O2 $$omp -c tests/impl.c -o /dev/null || exit 1; \
+	  $$cc $(WARN) -Werror -O2 $(ARCH) $$omp -c tests/impl.c -o /dev/null || exit 1; \
 	  for f in $(TEST_SRC); do $$cc $(WARN) -Werror -O0 $$omp -fsyntax-only $$f || exit 1; done; \
 	done; done
 
 check-cxx:
 	@echo "  C++ build: $(CXX)"
 	@$(CXX) -x c++ -std=c++11 -Wall -Wextra -pedantic -Werror -O1 -c tests/impl.c -o /dev/null
+	@$(CXX) -x c++ -std=c++11 -Wall -Wextra -pedantic -Werror -O1 $(ARCH) -c tests/impl.c -o /dev/null
 
 check-examples:
 	@for cc in gcc clang; do \
