@@ -2333,7 +2333,8 @@ typedef struct dtnh__padded {
     const dtnh_conv_geom *g;   /* the convolution */
     dtnh_conv_geom s;          /* what is padded: g, or for stride 2 its phase planes */
     const float *x;
-    int ph, pw, slots, img[DTNH__PADDED_SLOTS]; /* padded height and width; which image each slot holds */
+    int ph, pw, slots;         /* padded height and width, image slots */
+    int img[DTNH__PADDED_SLOTS]; /* which image each slot holds */
     int c_lo, c_hi;            /* the channels this thread's rows read: only those are copied */
     size_t image_floats;       /* s.c_in * ph * pw */
     float *buf;
@@ -2380,6 +2381,7 @@ static void dtnh__padded_phases(const dtnh__padded *d, int img, float *dst) {
     int a, b, c, y;
     for (a = 0; a < 2; a++)
         for (b = 0; b < 2; b++) {
+            int inside = dtnh__kmin(g->ow, (g->w - b + 1) / 2); /* columns 2 xo + b < w */
             if (g->kh == 1 && (a || b)) continue; /* a 1x1 reads phase (0, 0) only */
             for (c = d->c_lo; c < d->c_hi; c++) {
                 const float *src = d->x + ((size_t)img * g->c_in + (size_t)c) * (size_t)g->h * (size_t)g->w;
@@ -2388,7 +2390,6 @@ static void dtnh__padded_phases(const dtnh__padded *d, int img, float *dst) {
                 for (y = 0; y < g->oh && 2 * y + a < g->h; y++) {
                     const float *row = src + (size_t)(2 * y + a) * (size_t)g->w + b;
                     float *out = plane + (size_t)(y + d->s.pad) * (size_t)d->pw + (size_t)d->s.pad;
-                    int inside = dtnh__kmin(g->ow, (g->w - b + 1) / 2); /* columns 2 xo + b < w */
                     dtnh__copy_even(row, inside, out);
                 }
             }
@@ -2979,8 +2980,6 @@ static void dtnh__add_even(float *d, const float *src, int n) {
 }
 #endif
 
-/* Adds W^T.dY tile rows [m_lo, m_hi) (whole channels) x columns [n_lo, n_hi), held in t with
-   row stride ld, into dX: the adjoint of im2col, in a fixed order. */
 #if defined(DTNH__AVX512)
 /* dtnh__col2im_add for stride 2: the same loops (rows, then output rows in column order), the
    output rows stepped through without divisions and each added by dtnh__add_even. */
@@ -3011,6 +3010,8 @@ static void dtnh__col2im_add_s2(const dtnh_conv_geom *g, const float *t, size_t 
 }
 #endif
 
+/* Adds W^T.dY tile rows [m_lo, m_hi) (whole channels) x columns [n_lo, n_hi), held in t with
+   row stride ld, into dX: the adjoint of im2col, in a fixed order. */
 static void dtnh__col2im_add(const dtnh_conv_geom *g, const float *t, size_t ld, int m_lo,
                              int m_hi, int n_lo, int n_hi, float *dx) {
     int kk = g->kh * g->kw, s = g->stride, m;
