@@ -2264,13 +2264,19 @@ static void dtnh__copy_even(const float *row, int count, float *out) {
     for (; x < count; x++) out[x] = row[2 * x];
 }
 
-/* Image img's phases into dst (channel (a * 2 + b) * c_in + c); a 1x1 reads phase (0, 0) only. */
+/* Whether only phase (0, 0) is read: a 1x1 without padding. (With padding p it reads phase
+   (p mod 2, p mod 2), so all four are copied.) */
+static int dtnh__one_phase(const dtnh_conv_geom *g) {
+    return g->kh == 1 && g->kw == 1 && g->pad == 0;
+}
+
+/* Image img's phases into dst (channel (a * 2 + b) * c_in + c). */
 static void dtnh__phase_split(const dtnh_conv_geom *g, const float *x, int img, float *dst) {
     size_t plane = (size_t)g->oh * (size_t)g->ow;
     int a, b, c, y;
     for (a = 0; a < 2; a++)
         for (b = 0; b < 2; b++) {
-            if (g->kh == 1 && (a || b)) continue;
+            if (dtnh__one_phase(g) && (a || b)) continue;
             for (c = 0; c < g->c_in; c++) {
                 const float *src = x + ((size_t)img * g->c_in + (size_t)c) * (size_t)g->h * (size_t)g->w;
                 float *d = dst + ((size_t)(a * 2 + b) * g->c_in + (size_t)c) * plane;
@@ -2341,13 +2347,13 @@ typedef struct dtnh__padded {
 } dtnh__padded;
 
 
-/* The same-size geometry whose input is padded: the convolution's, or its phase planes' (a
-   1x1 reads phase (0, 0) only). */
+/* The same-size geometry whose input is padded: the convolution's, or its phase planes'
+   (phase (0, 0) alone for a 1x1 without padding). */
 static dtnh_conv_geom dtnh__padded_geom(const dtnh_conv_geom *g) {
     dtnh_conv_geom s = *g;
     if (g->stride != 2) return s;
     s = dtnh__phase_geom(g);
-    if (g->kh == 1) s.c_in = g->c_in;
+    if (dtnh__one_phase(g)) s.c_in = g->c_in;
     return s;
 }
 
@@ -2382,7 +2388,7 @@ static void dtnh__padded_phases(const dtnh__padded *d, int img, float *dst) {
     for (a = 0; a < 2; a++)
         for (b = 0; b < 2; b++) {
             int inside = dtnh__kmin(g->ow, (g->w - b + 1) / 2); /* columns 2 xo + b < w */
-            if (g->kh == 1 && (a || b)) continue; /* a 1x1 reads phase (0, 0) only */
+            if (dtnh__one_phase(g) && (a || b)) continue;
             for (c = d->c_lo; c < d->c_hi; c++) {
                 const float *src = d->x + ((size_t)img * g->c_in + (size_t)c) * (size_t)g->h * (size_t)g->w;
                 float *plane = dst + ((size_t)(a * 2 + b) * g->c_in + (size_t)c) * (size_t)d->ph * (size_t)d->pw;

@@ -25,7 +25,9 @@ static const int geoms[][9] = {
     {3, 2, 5, 6, 3, 1, 1, 1, 1},  {2, 16, 8, 8, 33, 3, 3, 1, 1},  {1, 40, 9, 7, 70, 3, 3, 1, 1},
     {3, 37, 7, 7, 35, 3, 3, 2, 1}, {1, 300, 3, 3, 20, 1, 1, 1, 0}, {1, 1, 1, 1, 1, 1, 1, 1, 0},
     {2, 5, 7, 7, 300, 1, 1, 2, 0}, {1, 3, 9, 9, 260, 3, 3, 2, 1},  {1, 40, 9, 9, 6, 3, 3, 2, 1},
-    {3, 4, 30, 30, 5, 3, 3, 2, 1}};
+    {3, 4, 30, 30, 5, 3, 3, 2, 1},
+    /* a padded 1x1 stride 2 reads the input's odd phase: 7x7 and (K slices over 17 images) 4x4 */
+    {3, 8, 11, 12, 12, 1, 1, 2, 1}, {20, 6, 7, 7, 10, 1, 1, 2, 1}};
 
 static int geom_from(dtnh_conv_geom *g, const int *p) {
     return dtnh_conv_geom_init(g, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], NULL) ==
@@ -43,16 +45,19 @@ static float *rnd(size_t n, dtnh_rng *r) {
     return x;
 }
 
-/* Work of exactly dtnh_conv_work_bytes, followed by guard bytes that must stay intact. */
+/* Work of exactly `bytes` (dtnh_conv_work_bytes for conv_work), followed by guard bytes that
+   must stay intact. */
 #define GUARD 256
-static void *conv_work(dtnh_work *w, const dtnh_conv_geom *g, int threads) {
-    size_t bytes = dtnh_conv_work_bytes(g, threads);
+static void *work_of(dtnh_work *w, size_t bytes, int threads) {
     unsigned char *mem = (unsigned char *)malloc(bytes + 64 + GUARD);
     dtnh_arena a;
     dtnh_arena_init(&a, mem, bytes + 64 + GUARD);
     dtnh_work_alloc(w, &a, bytes, threads, NULL);
     memset((unsigned char *)w->buf + bytes, 0xC3, GUARD);
     return mem;
+}
+static void *conv_work(dtnh_work *w, const dtnh_conv_geom *g, int threads) {
+    return work_of(w, dtnh_conv_work_bytes(g, threads), threads);
 }
 /* A one-thread GEMM work buffer, for references built on dtnh_sgemm. */
 static void *gemm_work_for_tests(dtnh_work *w) {
@@ -129,7 +134,10 @@ static int close_all(const float *got, const double *ref, const double *bound, s
 }
 
 /* All three passes of one geometry against the reference; msg says what failed. */
-static int conv_case_ok(const dtnh_conv_geom *g, dtnh_rng *r, char *msg) {
+/* All three passes against the reference loops, with `threads` threads and work of `bytes`
+   (0: the geometry's own dtnh_conv_work_bytes; a network shares one sized for its largest
+   layer, which lets more paths fit). */
+static int conv_case_ok(const dtnh_conv_geom *g, dtnh_rng *r, char *msg, size_t bytes, int threads) {
     size_t nx = x_count(g), ny = y_count(g), nw = w_count(g), bad = 0, i;
     size_t kk = (size_t)g->c_in * g->kh * g->kw, nohw = (size_t)g->n * g->oh * g->ow;
     float *x = rnd(nx, r), *w = rnd(nw, r), *dy = rnd(ny, r), *bias = rnd((size_t)g->c_out, r);
@@ -137,8 +145,9 @@ static int conv_case_ok(const dtnh_conv_geom *g, dtnh_rng *r, char *msg) {
     double *dbref = zeros((size_t)g->c_out);
     ref_ctx c;
     dtnh_work work;
-    void *mem = conv_work(&work, g, 1);
+    void *mem = bytes ? work_of(&work, bytes, threads) : conv_work(&work, g, threads);
     int ok = 1;
+    conv_set_threads(threads);
     c.x = x; c.w = w; c.dy = dy;
     c.y = zeros(ny); c.ybound = zeros(ny); c.dx = zeros(nx); c.dxbound = zeros(nx);
     c.dw = zeros(nw); c.dwbound = zeros(nw);
@@ -161,6 +170,7 @@ static int conv_case_ok(const dtnh_conv_geom *g, dtnh_rng *r, char *msg) {
         if (!(fabs(db[i] - dbref[i]) <= 1.2e-7 * (double)(nohw + 4) * (double)nohw))
             ok = 0, sprintf(msg, "dbias[%zu] = %.9g, expected %.9g", i, db[i], dbref[i]);
     if (ok && !guard_intact(&work)) ok = 0, sprintf(msg, "work written past its size");
+    conv_set_threads(dtnh_threads());
     free(x); free(w); free(dy); free(bias); free(y); free(dx); free(dw); free(db); free(dbref);
     free(c.y); free(c.ybound); free(c.dx); free(c.dxbound); free(c.dw); free(c.dwbound);
     free(mem);
@@ -175,8 +185,33 @@ static void conv_passes_match_reference_loops(void) {
     for (s = 0; s < sizeof geoms / sizeof geoms[0]; s++) {
         dtnh_conv_geom g;
         CHECK_MSG(geom_from(&g, geoms[s]), "geometry %zu rejected", s);
-        CHECK_MSG(conv_case_ok(&g, &r, msg), "geometry %zu: %s", s, msg);
+        CHECK_MSG(conv_case_ok(&g, &r, msg, 0, 1), "geometry %zu: %s", s, msg);
+        CHECK_MSG(conv_case_ok(&g, &r, msg, (size_t)8 << 20, 2), "geometry %zu, large work: %s", s, msg);
     }
+}
+
+/* Random geometries (strides 1 and 2, kernels 1-3 and now and then 5 or 7, pads 0-2, sizes
+   1-20, rectangular), small enough for valgrind: each kernel path meets shapes nobody picked. */
+static void conv_random_geometries_match_reference_loops(void) {
+    dtnh_rng r;
+    char msg[256] = "";
+    int tried = 0, t;
+    dtnh_rng_seed(&r, 77);
+    for (t = 0; t < 400 && tried < 40; t++) {
+        int k = dtnh_rng_uniform(&r) < 0.2f ? 5 + 2 * (int)(2.0f * dtnh_rng_uniform(&r)) : 1 + (int)(3.0f * dtnh_rng_uniform(&r));
+        int p[9];
+        dtnh_conv_geom g;
+        p[0] = 1 + (int)(20.0f * dtnh_rng_uniform(&r)); p[1] = 1 + (int)(24.0f * dtnh_rng_uniform(&r));
+        p[2] = 1 + (int)(20.0f * dtnh_rng_uniform(&r)); p[3] = 1 + (int)(20.0f * dtnh_rng_uniform(&r));
+        p[4] = 1 + (int)(24.0f * dtnh_rng_uniform(&r)); p[5] = p[6] = k;
+        p[7] = 1 + (int)(2.0f * dtnh_rng_uniform(&r)); p[8] = (int)(3.0f * dtnh_rng_uniform(&r));
+        if (!geom_from(&g, p)) continue; /* kernel larger than the padded input */
+        if ((double)w_count(&g) * g.n * g.oh * g.ow > 3e5) continue;
+        tried++;
+        CHECK_MSG(conv_case_ok(&g, &r, msg, tried % 2 ? (size_t)8 << 20 : 0, 1 + tried % 3 % 2),
+                  "n %d c_in %d %dx%d c_out %d k %d stride %d pad %d: %s", p[0], p[1], p[2], p[3], p[4], k, p[7], p[8], msg);
+    }
+    CHECK(tried == 40);
 }
 
 /* L(x, w, b) = sum(r * conv(x, w) + b) in double; its central differences must match the
@@ -627,6 +662,7 @@ void suite_conv(void) {
     RUN(conv_work_bytes_are_counted_exactly);
     RUN(im2col_matches_definition_and_col2im_is_its_adjoint);
     RUN(conv_passes_match_reference_loops);
+    RUN(conv_random_geometries_match_reference_loops);
     RUN(conv_gradients_match_finite_differences);
     RUN(conv_backward_weights_accumulates_when_asked);
     RUN(conv_backward_data_add_adds_the_gradient);
