@@ -8,6 +8,15 @@
 #include <omp.h>
 #endif
 
+/* The thread counts the bit-identity tests try: 1, and 2 with OpenMP. */
+static int conv_max_threads(void) {
+#ifdef _OPENMP
+    return 2;
+#else
+    return 1;
+#endif
+}
+
 static void conv_set_threads(int n) {
 #ifdef _OPENMP
     omp_set_num_threads(n);
@@ -133,10 +142,9 @@ static int close_all(const float *got, const double *ref, const double *bound, s
     return 1;
 }
 
-/* All three passes of one geometry against the reference; msg says what failed. */
-/* All three passes against the reference loops, with `threads` threads and work of `bytes`
-   (0: the geometry's own dtnh_conv_work_bytes; a network shares one sized for its largest
-   layer, which lets more paths fit). */
+/* All three passes of one geometry against the reference loops, with `threads` threads and
+   work of `bytes` (0: the geometry's own dtnh_conv_work_bytes; a network shares one sized for
+   its largest layer, which lets more paths fit); msg says what failed. */
 static int conv_case_ok(const dtnh_conv_geom *g, dtnh_rng *r, char *msg, size_t bytes, int threads) {
     size_t nx = x_count(g), ny = y_count(g), nw = w_count(g), bad = 0, i;
     size_t kk = (size_t)g->c_in * g->kh * g->kw, nohw = (size_t)g->n * g->oh * g->ow;
@@ -440,12 +448,8 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
         dtnh_work work, gw, big;
         float *x, *w, *b, *dy, *y, *ref, *dx, *dref, *col;
         void *m1, *m2, *m3;
-        size_t big_bytes = (size_t)4 << 20;
         size_t plane, out, K, img, i; /* input and output pixels per image */
-        int threads, max_threads = 1;
-#ifdef _OPENMP
-        max_threads = 2;
-#endif
+        int threads, max_threads = conv_max_threads();
         CHECK(geom_from(&g, p[s]));
         plane = (size_t)g.h * g.w;
         out = (size_t)g.oh * g.ow;
@@ -455,12 +459,7 @@ static void conv_same_size_gives_the_bits_of_im2col_and_gemm(void) {
         dx = rnd(x_count(&g), &r); dref = rnd(x_count(&g), &r);
         col = (float *)malloc(K * out * sizeof(float));
         m1 = conv_work(&work, &g, 2);
-        m3 = malloc(big_bytes + 64);
-        {
-            dtnh_arena a;
-            dtnh_arena_init(&a, m3, big_bytes + 64);
-            dtnh_work_alloc(&big, &a, big_bytes, 2, NULL);
-        }
+        m3 = work_of(&big, (size_t)4 << 20, 2);
         m2 = gemm_work_for_tests(&gw);
         for (threads = 1; threads <= max_threads; threads++) {
             int bias;
@@ -619,10 +618,7 @@ static void conv_stride2_backward_data_adds_in_col2im_order(void) {
         dtnh_work work, gw;
         float *dy, *w, *dx, *ref;
         void *m1, *m2;
-        int threads, max_threads = 1, add;
-#ifdef _OPENMP
-        max_threads = 2;
-#endif
+        int threads, max_threads = conv_max_threads(), add;
         CHECK(geom_from(&g, p[s]));
         dy = rnd(y_count(&g), &r); w = rnd(w_count(&g), &r);
         dx = rnd(x_count(&g), &r); ref = (float *)malloc(x_count(&g) * sizeof(float));
