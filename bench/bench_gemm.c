@@ -7,7 +7,8 @@
    Run:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE make bench
    Each figure is the median of 7 timed samples (wall clock). The machine is shared, so each
    row also gives load-robust figures: at 1 thread GFLOP per second of the thread's own CPU
-   time (time-slicing by other jobs does not count), at 2 threads the best sample. */
+   time (time-slicing by other jobs does not count), at 2 threads the best sample.
+   Env: DTNH_BENCH_THREADS=t runs the "2t" columns on t threads instead (a larger machine). */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #define DTNH_IMPLEMENTATION
 #include "../dtnh.h"
@@ -30,6 +31,8 @@ static double now(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+static int team = 2; /* the thread count of the "2t" columns (DTNH_BENCH_THREADS) */
 
 static void set_threads(int t) {
 #ifdef _OPENMP
@@ -272,7 +275,7 @@ static void bench_gemm_shape(const char *name, const char *pass, dtnh_trans ta, 
     j.work = work;
     set_threads(1);
     d1 = time_job(run_dtnh, &j);
-    set_threads(2);
+    set_threads(team);
     d2 = time_job(run_dtnh, &j);
     printf("%-15s %-4s %5d %6d %6d | %6.1f %6.1f %5.1f%% | %6.1f %6.1f %5.2fx", name, pass, M, N,
            K, flop / d1.median, flop / d1.cpu, 100.0 * flop / d1.cpu / peak1, flop / d2.median,
@@ -282,7 +285,7 @@ static void bench_gemm_shape(const char *name, const char *pass, dtnh_trans ta, 
         memcpy(C2, j.C, (size_t)M * N * sizeof(float));
         ob_set_threads(1);
         o1 = time_job(run_openblas, &j);
-        ob_set_threads(2);
+        ob_set_threads(team);
         o2 = time_job(run_openblas, &j);
         for (i = 0; i < (size_t)M * N; i++) {
             double d = fabs((double)C2[i] - j.C[i]) / (1e-3 + fabs((double)j.C[i]));
@@ -344,11 +347,11 @@ static void bench_conv_layer(const conv_layer *L, double peak1) {
     if (dtnh_conv_geom_init(&g, L->n, L->c_in, L->h, L->h, L->c_out, L->k, L->k, L->stride, L->pad,
                             NULL))
         return;
-    bytes = dtnh_conv_work_bytes(&g, 2);
+    bytes = dtnh_conv_work_bytes(&g, team);
     mem = malloc(bytes);
     work.buf = mem;
     work.bytes = bytes;
-    work.threads = 2;
+    work.threads = team;
     j.g = &g;
     j.work = &work;
     j.x = random_floats((size_t)g.n * g.c_in * g.h * g.w, 3);
@@ -363,7 +366,7 @@ static void bench_conv_layer(const conv_layer *L, double peak1) {
         j.pass = p;
         set_threads(1);
         t1 = time_job(run_conv, &j);
-        set_threads(2);
+        set_threads(team);
         t2 = time_job(run_conv, &j);
         flop *= 1e-9;
         printf("%-15s %-4s | %6.1f %6.1f %5.1f%% | %6.1f %6.1f %5.2fx | %6.2f MB\n", L->name,
@@ -378,8 +381,9 @@ static void bench_conv_layer(const conv_layer *L, double peak1) {
 int main(int argc, char **argv) {
     const char *only = argc > 1 ? argv[1] : NULL; /* run only layers whose name has this */
     double peak1, peak2;
+    const char *th = getenv("DTNH_BENCH_THREADS");
     int have_ob = load_openblas(), nthreads = dtnh_threads();
-    size_t i, bytes = dtnh_gemm_work_bytes(2);
+    size_t i, bytes;
     dtnh_work work;
     summary sm;
     FILE *f = fopen("/proc/loadavg", "r");
@@ -400,9 +404,12 @@ int main(int argc, char **argv) {
     printf("built without OpenMP: the 2-thread columns run on one thread\n");
 #endif
     peak1 = fma_peak(1);
-    peak2 = fma_peak(2);
-    printf("fp32 FMA peak (%s loop): %.1f GFLOP/s on 1 thread, %.1f on 2\n", isa_name(), peak1,
-           peak2);
+    if (th && atoi(th) >= 1) team = atoi(th);
+    if (team != 2) printf("DTNH_BENCH_THREADS=%d: the \"2t\" columns below run on %d threads\n", team, team);
+    bytes = dtnh_gemm_work_bytes(team);
+    peak2 = fma_peak(team);
+    printf("fp32 FMA peak (%s loop): %.1f GFLOP/s on 1 thread, %.1f on %d\n", isa_name(), peak1,
+           peak2, team);
     if (have_ob) {
         const char *ct = getenv("OPENBLAS_CORETYPE");
         printf("OpenBLAS: libopenblas.so.0 loaded%s%s%s\n", ct ? " (OPENBLAS_CORETYPE=" : "",
@@ -412,7 +419,7 @@ int main(int argc, char **argv) {
     }
     work.buf = malloc(bytes);
     work.bytes = bytes;
-    work.threads = 2;
+    work.threads = team;
     sm.min_big = sm.min_small = sm.min_ratio1 = sm.min_ratio2 = sm.min_scale = 1e9;
     sm.min_big_r = sm.min_small_r = sm.min_ratio1_r = sm.min_ratio2_r = sm.min_scale_r = 1e9;
     sm.sum_scale = sm.sum_scale_r = 0;

@@ -1,7 +1,7 @@
 /* bench_resnet: ResNet-18 training and inference on the CPU, against PyTorch.
    Configurations (issue 3): (a) ImageNet stem, 224x224x3, batch 8, 1000 classes; (b) CIFAR
    stem, 32x32x3, batch 48, 10 classes; (c) CIFAR stem, width 16, 28x28x1, batch 48, 10
-   classes; each at 1 and 2 threads. Per configuration: training-step throughput (forward,
+   classes; each at 1 and 2 threads (or the counts asked). Per configuration: training-step throughput (forward,
    cross-entropy, backward, SGD with momentum 0.9) and inference throughput in images/s, the
    achieved GFLOP/s and its fraction of this machine's FMA peak (an FMA loop measures it), the
    arena bytes beside the analytic minimum (BENCHMARKS.md defines it: weights, gradients,
@@ -12,7 +12,8 @@
    Run:   make bench   (or build/.../bench/bench_resnet [a|b|c])
    Env:   DTNH_BENCH_ITERS=n   timed steps per figure (median; default 10, 1 for a smoke run)
           DTNH_BENCH_NO_TORCH=1 skip PyTorch
-          DTNH_BENCH_THREADS=n  only that thread count (default: 1, then 2)
+          DTNH_BENCH_THREADS=list  thread counts to run, e.g. 2 or 1,4,8,16 (default: 1,2)
+          DTNH_BENCH_PYTHON=path   the Python with torch (default /usr/bin/python3)
    Each configuration runs in a child process, so its peak RSS is its own. */
 #define _POSIX_C_SOURCE 200809L
 #define DTNH_IMPLEMENTATION
@@ -307,8 +308,7 @@ static result run_isolated(const bench_cfg *b, int threads, int iters) {
         close(fd[0]);
         if (b) run_config(b, threads, iters, &r);
         else {
-            r.train_ips = fma_peak(1);
-            r.infer_ips = fma_peak(2);
+            r.train_ips = fma_peak(threads); /* the peak of this many threads */
             r.ok = 1;
         }
         if (write(fd[1], &r, sizeof r) != (ssize_t)sizeof r) _exit(1);
@@ -329,9 +329,16 @@ typedef struct torch_result {
     long rss_kb;
 } torch_result;
 
+static const char *python(void) {
+    const char *p = getenv("DTNH_BENCH_PYTHON");
+    return p && *p ? p : "/usr/bin/python3";
+}
+
 static int have_torch(void) {
+    char cmd[512];
     if (getenv("DTNH_BENCH_NO_TORCH")) return 0;
-    return system("/usr/bin/python3 -c 'import torch, torchvision' >/dev/null 2>&1") == 0;
+    snprintf(cmd, sizeof cmd, "%s -c 'import torch, torchvision' >/dev/null 2>&1", python());
+    return system(cmd) == 0;
 }
 
 static torch_result run_torch(const bench_cfg *b, int threads, int iters) {
@@ -339,7 +346,7 @@ static torch_result run_torch(const bench_cfg *b, int threads, int iters) {
     char cmd[512], line[256];
     FILE *p;
     memset(&t, 0, sizeof t);
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 bench/bench_resnet_torch.py %s %d %d %d %d %d %d %d",
+    snprintf(cmd, sizeof cmd, "%s bench/bench_resnet_torch.py %s %d %d %d %d %d %d %d", python(),
              b->torch_stem, b->width, b->in_ch, b->hw, b->batch, b->classes, threads, iters);
     fflush(stdout);
     p = popen(cmd, "r");
@@ -389,25 +396,45 @@ static void report(const bench_cfg *b, int threads, double peak, const result *r
            r->infer_ips / t->infer_ips, (double)r->rss_kb / (double)t->rss_kb);
 }
 
+/* The thread counts to run: DTNH_BENCH_THREADS as a comma-separated list, else 1 and 2. */
+static int thread_counts(int *counts, int max) {
+    const char *th = getenv("DTNH_BENCH_THREADS");
+    int n = 0;
+    while (th && *th && n < max) {
+        char *end;
+        long t = strtol(th, &end, 10);
+        if (end == th) break;
+        if (t >= 1 && t <= 1024) counts[n++] = (int)t;
+        th = *end == ',' ? end + 1 : end;
+    }
+    if (n == 0) {
+        counts[0] = 1;
+        counts[1] = 2;
+        n = 2;
+    }
+    return n;
+}
+
 int main(int argc, char **argv) {
-    const char *it = getenv("DTNH_BENCH_ITERS"), *th = getenv("DTNH_BENCH_THREADS");
-    int iters = it ? atoi(it) : 10, torch = have_torch(), c, threads, only = th ? atoi(th) : 0;
-    double peak[3];
-    result p = run_isolated(NULL, 0, 0);
+    const char *it = getenv("DTNH_BENCH_ITERS");
+    int iters = it ? atoi(it) : 10, torch = have_torch(), c, i, counts[16];
+    int n_counts = thread_counts(counts, 16);
+    double peak[16];
     if (iters < 1) iters = 1;
-    peak[1] = p.train_ips;
-    peak[2] = p.infer_ips;
-    printf("bench_resnet: FMA peak %.1f GFLOP/s (1 thread), %.1f (2 threads); PyTorch %s\n", peak[1],
-           peak[2], torch ? "found" : "not run");
+    printf("bench_resnet: FMA peak");
+    for (i = 0; i < n_counts; i++) {
+        peak[i] = run_isolated(NULL, counts[i], 0).train_ips;
+        printf("%s %.1f GFLOP/s (%d thread%s)", i ? "," : "", peak[i], counts[i],
+               counts[i] > 1 ? "s" : "");
+    }
+    printf("; PyTorch %s\n", torch ? "found" : "not run");
     for (c = 0; c < 3; c++) {
         if (argc > 1 && !strchr(argv[1], configs[c].key)) continue;
-        for (threads = 1; threads <= 2; threads++) {
-            result r;
-            if (only > 0 && threads != only) continue;
-            r = run_isolated(&configs[c], threads, iters);
+        for (i = 0; i < n_counts; i++) {
+            result r = run_isolated(&configs[c], counts[i], iters);
             torch_result t;
-            if (torch) t = run_torch(&configs[c], threads, iters);
-            report(&configs[c], threads, peak[threads], &r, torch ? &t : NULL, iters);
+            if (torch) t = run_torch(&configs[c], counts[i], iters);
+            report(&configs[c], counts[i], peak[i], &r, torch ? &t : NULL, iters);
             fflush(stdout);
         }
     }
