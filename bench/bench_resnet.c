@@ -1,14 +1,14 @@
 /* bench_resnet: ResNet-18 training and inference on the CPU, against PyTorch.
    Configurations (issue 3): (a) ImageNet stem, 224x224x3, batch 8, 1000 classes; (b) CIFAR
    stem, 32x32x3, batch 48, 10 classes; (c) CIFAR stem, width 16, 28x28x1, batch 48, 10
-   classes; each at 1 and 2 threads (or the counts asked). Per configuration: training-step throughput (forward,
-   cross-entropy, backward, SGD with momentum 0.9) and inference throughput in images/s, the
-   achieved GFLOP/s and its fraction of this machine's FMA peak (an FMA loop measures it), the
-   arena bytes beside the analytic minimum (BENCHMARKS.md defines it: weights, gradients,
-   momentum and the source copy, plus the activations backward reads), and the peak RSS of a
-   process that ran only that configuration. When /usr/bin/python3 has torch, the same
-   configuration runs in PyTorch (bench/bench_resnet_torch.py, its thread count set) and the
-   ratios are printed.
+   classes; each at 1 and 2 threads (or the counts asked). Per configuration: training-step
+   throughput (forward, cross-entropy, backward, SGD with momentum 0.9) and inference
+   throughput in images/s, the achieved GFLOP/s and its fraction of this machine's FMA peak
+   (an FMA loop measures it), the arena bytes beside the analytic minimum (BENCHMARKS.md
+   defines it: weights, gradients, momentum and the source copy, plus the activations backward
+   reads), and the peak RSS of a process that ran only that configuration. When
+   /usr/bin/python3 (or DTNH_BENCH_PYTHON) has torch, the same configuration runs in PyTorch
+   (bench/bench_resnet_torch.py, its thread count set) and the ratios are printed.
    Run:   make bench   (or build/.../bench/bench_resnet [a|b|c])
    Env:   DTNH_BENCH_ITERS=n   timed steps per figure (median; default 10, 1 for a smoke run)
           DTNH_BENCH_NO_TORCH=1 skip PyTorch
