@@ -185,7 +185,7 @@ $(B)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(HEADERS) $(wildcar
 # ending bit-identical to an uninterrupted run (tests/crash_trainer.sh).
 CRASH_ROUNDS ?= 200
 DET_FLAGS    := $(WARN) -Werror $(OPT) $(ARCH)
-.PHONY: check-reliability check-crash check-crash-trainer check-determinism check-m7 check-arm check-valgrind check-all
+.PHONY: check-reliability check-crash check-crash-trainer check-determinism check-m7 check-arm check-valgrind check-conv-sweep check-all
 
 check-reliability:
 	@$(MAKE) --no-print-directory check-crash CRASH_ROUNDS=50
@@ -257,8 +257,25 @@ check-valgrind:
 	@$(MAKE) --no-print-directory OMP=0 OPT="-O1 -g" ARCH="$(VG_ARCH)" B=$(VG_B) $(VG_B)/tests/run $(subst $(B)/,$(VG_B)/,$(PROGRAMS))
 	DTNH_BIN=$(VG_B)/examples valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite $(VG_B)/tests/run
 
-# Everything: `make test`, a longer crash test, the cross builds, valgrind and a short fuzz run.
+# `make check-conv-sweep`: the convolution passes on SWEEP random geometries each against
+# double-precision loops (tests/conv_sweep.c), with this machine's kernels ($(ARCH)), the AVX2
+# ones where the CPU has AVX2, and the portable C ones; SWEEP_SEED picks other geometries.
+SWEEP      ?= 2000
+SWEEP_SEED ?= 7
+SWEEP_AVX2 := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "avx2:-mavx2 -mfma")
+check-conv-sweep:
+	@mkdir -p build/sweep
+	@for v in "native:$(ARCH)" $(if $(SWEEP_AVX2),"$(SWEEP_AVX2)") "portable:-DDTNH_NO_SIMD"; do \
+	  name=$${v%%:*}; flags=$${v#*:}; \
+	  $(CC) $(WARN) -Werror -O2 $$flags $(OMPFLAG) -o build/sweep/$$name tests/conv_sweep.c tests/impl.c $(LDLIBS) || exit 1; \
+	  ./build/sweep/$$name $(SWEEP) $(SWEEP_SEED) > build/sweep/$$name.log || { cat build/sweep/$$name.log; exit 1; }; \
+	  printf '  conv sweep, %s kernels: ' $$name; tail -n 1 build/sweep/$$name.log; \
+	done
+
+# Everything: `make test`, a longer crash test, the cross builds, valgrind, the convolution
+# sweep and a short fuzz run.
 check-all: test
+	@$(MAKE) --no-print-directory check-conv-sweep
 	@$(MAKE) --no-print-directory check-crash
 	@$(MAKE) --no-print-directory check-crash-trainer
 	@$(MAKE) --no-print-directory check-m7
