@@ -22,7 +22,7 @@ CFLAGS  ?= $(WARN) $(OPT) $(ARCH) $(OMPFLAG) $(SANFLAG)
 LDLIBS  := -lm
 B       := build/$(notdir $(CC))-omp$(OMP)-san$(SAN)
 
-TEST_SRC  := tests/main.c tests/impl.c $(wildcard tests/test_*.c)
+TEST_SRC  := tests/main.c tests/runner.c tests/impl.c $(wildcard tests/test_*.c)
 BENCH_SRC := $(wildcard bench/*.c)
 # The programs (examples/), built in $(EX)
 EX         := $(B)/examples
@@ -267,7 +267,7 @@ check-conv-sweep:
 	@mkdir -p build/sweep
 	@for v in "native:$(ARCH)" $(if $(SWEEP_AVX2),"$(SWEEP_AVX2)") "portable:-DDTNH_NO_SIMD"; do \
 	  name=$${v%%:*}; flags=$${v#*:}; \
-	  $(CC) $(WARN) -Werror -O2 $$flags $(OMPFLAG) -o build/sweep/$$name tests/conv_sweep.c tests/impl.c $(LDLIBS) || exit 1; \
+	  $(CC) $(WARN) -Werror -O2 $$flags $(OMPFLAG) -o build/sweep/$$name tests/conv_sweep.c tests/runner.c tests/impl.c $(LDLIBS) || exit 1; \
 	  ./build/sweep/$$name $(SWEEP) $(SWEEP_SEED) > build/sweep/$$name.log || { cat build/sweep/$$name.log; exit 1; }; \
 	  printf '  conv sweep, %s kernels: ' $$name; tail -n 1 build/sweep/$$name.log; \
 	done

@@ -7,26 +7,10 @@
    the stride-2 and padded paths fit or not); 1 and 2 threads. Session 4's 1x1 stride-2
    padding bug was found this way; `make check-conv-sweep` runs it for the AVX-512, AVX2 and
    portable kernels (part of `make check-all`).
-       conv_sweep [count [seed]]      prints each failure, then "N geometries, M failed" */
+       conv_sweep [count [seed]]      prints each failure, then "N geometries, M failed"
+   Built with tests/runner.c and tests/impl.c. */
 #include <stdlib.h>
 #include "test_conv.c"
-
-int t_passed, t_failed, t_current_failed;
-const char *t_filter;
-
-void t_report(const char *file, int line, const char *what) {
-    printf("    %s:%d: %s\n", file, line, what);
-    t_current_failed = 1;
-}
-
-void t_run(const char *name, void (*fn)(void)) {
-    (void)name;
-    fn();
-}
-
-const char *t_fixture(const char *name) {
-    return name;
-}
 
 static int rnd_int(dtnh_rng *r, int lo, int hi) { /* lo .. hi */
     return lo + (int)((float)(hi - lo + 1) * dtnh_rng_uniform(r)) % (hi - lo + 1);
