@@ -1,10 +1,12 @@
 #!/bin/sh
-# bench/scaling.sh: OpenMP scaling on a machine with more cores than this project's 2 (the
-# brief's 16-core device machine). Builds the two benchmarks with this machine's compiler and
-# ISA, then runs bench_resnet at 1, 2, 4, 8 and 16 threads (PyTorch beside it where the Python
-# in $DTNH_BENCH_PYTHON, default python3 on the PATH, has torch and torchvision) and bench_gemm
-# with its "2t" columns on 16 threads. The programs go to build/scaling, their output to the
-# terminal and to $OUT (default build/scaling). Each step has its own time limit, so a slow machine still reports the rest.
+# bench/scaling.sh: OpenMP scaling on a machine with more cores than the 2 this project is
+# tuned on (a 16-core server, a many-core board). Builds the two benchmarks with that machine's
+# compiler and ISA, then runs bench_resnet at 1, 2, 4, 8 and 16 threads (PyTorch beside it
+# where the Python in $DTNH_BENCH_PYTHON, default python3 on the PATH, has torch and
+# torchvision) and bench_gemm with its "2t" columns on 16 threads. The programs go to
+# build/scaling, their output to the terminal and to $OUT (default build/scaling). Each step
+# has its own time limit (RESNET_LIMIT, GEMM_LIMIT seconds), so a slow machine still reports
+# the rest; CONFIGS (default cba) and GEMM_ONLY (a layer-name filter) narrow the runs.
 #   sh bench/scaling.sh [THREAD_LIST] [GEMM_THREADS]      e.g. sh bench/scaling.sh 1,4,16 16
 set -u
 out=${OUT:-build/scaling}
