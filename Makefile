@@ -252,7 +252,8 @@ check-arm:
 # `make check-valgrind`: the suite without OpenMP at -O1 under valgrind (AVX2 kernels where the
 # CPU has them: valgrind does not know AVX-512).
 VG_B    := build/valgrind
-VG_ARCH ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "-mavx2 -mfma")
+AVX2_FLAGS := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "-mavx2 -mfma")
+VG_ARCH ?= $(AVX2_FLAGS)
 check-valgrind:
 	@$(MAKE) --no-print-directory OMP=0 OPT="-O1 -g" ARCH="$(VG_ARCH)" B=$(VG_B) $(VG_B)/tests/run $(subst $(B)/,$(VG_B)/,$(PROGRAMS))
 	DTNH_BIN=$(VG_B)/examples valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite $(VG_B)/tests/run
@@ -262,10 +263,9 @@ check-valgrind:
 # ones where the CPU has AVX2, and the portable C ones; SWEEP_SEED picks other geometries.
 SWEEP      ?= 2000
 SWEEP_SEED ?= 7
-SWEEP_AVX2 := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "avx2:-mavx2 -mfma")
 check-conv-sweep:
 	@mkdir -p build/sweep
-	@for v in "native:$(ARCH)" $(if $(SWEEP_AVX2),"$(SWEEP_AVX2)") "portable:-DDTNH_NO_SIMD"; do \
+	@for v in "native:$(ARCH)" $(if $(AVX2_FLAGS),"avx2:$(AVX2_FLAGS)") "portable:-DDTNH_NO_SIMD"; do \
 	  name=$${v%%:*}; flags=$${v#*:}; \
 	  $(CC) $(WARN) -Werror -O2 $$flags $(OMPFLAG) -o build/sweep/$$name tests/conv_sweep.c tests/runner.c tests/impl.c $(LDLIBS) || exit 1; \
 	  ./build/sweep/$$name $(SWEEP) $(SWEEP_SEED) > build/sweep/$$name.log || { cat build/sweep/$$name.log; exit 1; }; \

@@ -16,9 +16,9 @@ static int rnd_int(dtnh_rng *r, int lo, int hi) { /* lo .. hi */
     return lo + (int)((float)(hi - lo + 1) * dtnh_rng_uniform(r)) % (hi - lo + 1);
 }
 
-/* A random geometry whose reference loops stay under a few seconds; 0 when it is invalid. */
-static int random_geometry(dtnh_rng *r, int *p) {
-    dtnh_conv_geom g;
+/* A random geometry (p as geom_from takes it, and g) whose reference loops stay under a few
+   seconds; 0 when it is invalid. */
+static int random_geometry(dtnh_rng *r, int *p, dtnh_conv_geom *g) {
     p[5] = rnd_int(r, 1, 7);
     p[6] = dtnh_rng_uniform(r) < 0.7f ? p[5] : rnd_int(r, 1, 7);
     p[0] = rnd_int(r, 1, 12);
@@ -28,8 +28,8 @@ static int random_geometry(dtnh_rng *r, int *p) {
     p[4] = rnd_int(r, 1, 140);
     p[7] = rnd_int(r, 1, 3);
     p[8] = rnd_int(r, 0, 3);
-    if (!geom_from(&g, p)) return 0;
-    return (double)w_count(&g) * g.n * g.oh * g.ow <= 4e7;
+    if (!geom_from(g, p)) return 0;
+    return (double)w_count(g) * g->n * g->oh * g->ow <= 4e7;
 }
 
 int main(int argc, char **argv) {
@@ -41,8 +41,7 @@ int main(int argc, char **argv) {
         int p[9], threads;
         size_t bytes;
         dtnh_conv_geom g;
-        if (!random_geometry(&r, p)) continue;
-        geom_from(&g, p);
+        if (!random_geometry(&r, p, &g)) continue;
         tried++;
         threads = conv_max_threads() < 2 ? 1 : 1 + tried % 2;
         bytes = tried % 3 == 0 ? 0 : tried % 3 == 1 ? (size_t)8 << 20 : (size_t)(1 + tried % 7) << 18;
