@@ -218,6 +218,9 @@ typedef struct dtnh_resnet_config {
                              names (a teacher reading the target's w_src) */
     int single_backward;  /* 1: one backward per forward (the plain training step): backward
                              reuses the forward's memory as it goes, for a smaller step arena */
+    int keep_bn_relu_outputs; /* 1: keep every BN+ReLU output backward reads, as PyTorch does.
+                             0: backward recomputes them from the BN input it keeps anyway (one
+                             elementwise pass each, the same bits), for a smaller step arena */
     /* Layers whose outputs are exposed after a forward and take gradients in backward, by
        torchvision module name: "layer1".."layer4", "layer2.1", "conv1", "bn1", "relu",
        "maxpool", "layer3.0.bn2", "layer2.0.downsample", "avgpool", "fc". A block's "relu"
@@ -254,8 +257,11 @@ typedef struct dtnh__rvalue {
     int producer, consumers, last_consumer;
     int needs_grad, kept, hook; /* kept: backward reads it */
     int last_reader;            /* kept: the node whose backward reads it last (lowest index) */
+    int first_reader;           /* kept: the node whose backward reads it first (highest index) */
+    int recompute;              /* kept, but not stored: backward recomputes it (a BN+ReLU output) */
     size_t offset[2];   /* per-sample floats into the step block: [0] training, [1] inference */
     size_t grad_offset; /* per-sample floats: its gradient in the training block */
+    size_t bwd_offset;  /* recompute: per-sample floats of the recomputed copy (training block) */
 } dtnh__rvalue;
 
 typedef struct dtnh_resnet {
@@ -272,7 +278,8 @@ typedef struct dtnh_resnet {
     int state_index[DTNH__RESNET_MAX_STATE];
     int state_count;
     size_t block_floats[2]; /* per-sample floats of the step block: training, inference */
-    size_t kept_floats;     /* per-sample floats of the activations backward reads */
+    size_t kept_floats;     /* per-sample floats of the activations backward reads and finds stored */
+    size_t recomputed_floats; /* per-sample floats of those it recomputes instead */
     int stats_floats;       /* floats of the batch statistics a training forward saves */
     size_t mem_structure, mem_weights, mem_source, mem_gradients, mem_buffers;
     /* The last forward: which kind, its batch, where its memory lies. */
@@ -288,11 +295,15 @@ typedef struct dtnh_resnet {
    (g_j, g_omega as the roles ask), source copy (w_src), BN buffers, optimizer state (the
    extra flat vectors asked for, over the trainable parameters). Step: a training step
    (forward and backward) and an inference forward at max_batch; activations are the tensors
-   backward reads, scratch the rest (transient tensors, gradient buffers, kernel work). */
+   backward reads that are stored through the step, scratch the rest (transient tensors,
+   gradient buffers, kernel work, the recomputed BN+ReLU outputs). activations_recomputed: the
+   tensors backward reads but recomputes (keep_bn_relu_outputs = 0), what storing them would
+   add to activations. */
 typedef struct dtnh_resnet_plan {
     size_t structure, weights, gradients, source_copy, buffers, optimizer_state;
     size_t persistent;
     size_t activations, scratch;
+    size_t activations_recomputed;
     size_t step_train; /* activations + scratch */
     size_t step_infer;
     size_t params;           /* parameter count */
@@ -1966,14 +1977,32 @@ static void dtnh__resnet_mark_trainable(dtnh_resnet *net) {
 static void dtnh__keep(dtnh__rvalue *v, int i, int read) {
     if (!read) return;
     if (!v->kept) v->last_reader = i;
+    v->first_reader = i;
     v->kept = 1;
+}
+
+/* A fused BN+ReLU output that backward reads (the next convolution's input, the ReLU's mask)
+   is a pure function of the BN's input, which backward keeps too, and of statistics the step
+   keeps: backward recomputes it where it is first read, so it need not outlive the forward.
+   A hooked value outlives the forward anyway (the caller reads it): it is not recomputed. */
+static void dtnh__resnet_mark_recompute(dtnh_resnet *net) {
+    int i;
+    if (net->cfg.keep_bn_relu_outputs) return;
+    for (i = 0; i < net->node_count; i++) {
+        const dtnh__rnode *nd = &net->nodes[i];
+        dtnh__rvalue *out = &net->values[nd->out];
+        if (nd->kind == DTNH__NODE_BN && nd->relu && nd->in[0] >= 1 && out->kept && out->hook < 0 &&
+            net->values[nd->in[0]].kept)
+            out->recompute = 1;
+    }
 }
 
 /* A value needs a gradient when a trainable parameter lies at or below it. BN statistics
    freeze (AUTO) below the first trainable layer. Then: which values backward reads. */
 static void dtnh__resnet_mark_flow(dtnh_resnet *net) {
     int i, j;
-    for (i = 0; i < net->value_count; i++) net->values[i].needs_grad = net->values[i].kept = 0;
+    for (i = 0; i < net->value_count; i++)
+        net->values[i].needs_grad = net->values[i].kept = net->values[i].recompute = 0;
     for (i = 0; i < net->node_count; i++) {
         dtnh__rnode *nd = &net->nodes[i];
         int ng = nd->train_w || nd->train_b;
@@ -2002,6 +2031,7 @@ static void dtnh__resnet_mark_flow(dtnh_resnet *net) {
         default: break;
         }
     }
+    dtnh__resnet_mark_recompute(net);
 }
 
 typedef struct dtnh__interval {
@@ -2009,7 +2039,7 @@ typedef struct dtnh__interval {
     int start, end;   /* steps, inclusive */
 } dtnh__interval;
 
-#define DTNH__MAX_INTERVALS (3 * DTNH__RESNET_MAX_NODES + 4)
+#define DTNH__MAX_INTERVALS (4 * DTNH__RESNET_MAX_NODES + 4)
 
 /* Places the intervals in one block, greedily, largest first: each at the lowest offset free
    of every placed interval that is alive at the same time. Returns the block size. */
@@ -2125,25 +2155,36 @@ static void dtnh__plan_grads(dtnh_resnet *net, dtnh__interval *iv, int *count, i
 
 /* The training plan: forward steps 0..F-1, backward steps F..2F-1 (node i at 2F-1-i). Kept
    values live to the end, as backward may run more than once; with single_backward, only until
-   their last reader's backward, and gradients take their place. */
+   their last reader's backward, and gradients take their place. A recomputed value lives in
+   the forward until its last consumer, and again from its first reader's backward to its last
+   reader's (every backward recomputes it). */
 static void dtnh__plan_train(dtnh_resnet *net) {
     dtnh__interval iv[DTNH__MAX_INTERVALS];
-    int id[DTNH__RESNET_MAX_NODES + 1], gid[DTNH__RESNET_MAX_NODES + 1];
+    int id[DTNH__RESNET_MAX_NODES + 1], gid[DTNH__RESNET_MAX_NODES + 1], bid[DTNH__RESNET_MAX_NODES + 1];
     int count = 0, v, i, F = net->node_count;
-    net->kept_floats = 0;
+    net->kept_floats = net->recomputed_floats = 0;
     for (v = 1; v < net->value_count; v++) {
         const dtnh__rvalue *x = &net->values[v];
+        size_t floats = dtnh__value_floats(x);
         int end = dtnh__data_end(net, v, 2 * F);
-        if (x->kept) end = net->cfg.single_backward && x->hook < 0 ? 2 * F - 1 - x->last_reader : 2 * F;
-        id[v] = dtnh__new_interval(iv, &count, dtnh__value_floats(x), x->producer, end);
-        gid[v] = -1;
-        if (x->kept) net->kept_floats += dtnh__round16(dtnh__value_floats(x));
+        if (x->kept && !x->recompute)
+            end = net->cfg.single_backward && x->hook < 0 ? 2 * F - 1 - x->last_reader : 2 * F;
+        id[v] = dtnh__new_interval(iv, &count, floats, x->producer, end);
+        gid[v] = bid[v] = -1;
+        if (x->recompute) {
+            bid[v] = dtnh__new_interval(iv, &count, floats, 2 * F - 1 - x->first_reader,
+                                        2 * F - 1 - x->last_reader);
+            net->recomputed_floats += dtnh__round16(floats);
+        } else if (x->kept) {
+            net->kept_floats += dtnh__round16(floats);
+        }
     }
     dtnh__plan_grads(net, iv, &count, gid);
     net->block_floats[DTNH__TRAIN] = dtnh__place(iv, count);
     for (v = 1; v < net->value_count; v++) {
         net->values[v].offset[DTNH__TRAIN] = iv[id[v]].off;
         net->values[v].grad_offset = gid[v] >= 0 ? iv[gid[v]].off : 0;
+        net->values[v].bwd_offset = bid[v] >= 0 ? iv[bid[v]].off : 0;
     }
     for (i = 0; i < F; i++)
         if (net->nodes[i].has_temp) net->nodes[i].temp_offset = iv[net->nodes[i].temp_offset].off;
@@ -2356,6 +2397,7 @@ DTNHDEF dtnh_status dtnh_resnet_plan_memory(const dtnh_resnet_config *cfg, int o
             return s;
         plan->step_train = dtnh_arena_peak(&sa);
         plan->activations = net.kept_floats * (size_t)net.cfg.max_batch * sizeof(float);
+        plan->activations_recomputed = net.recomputed_floats * (size_t)net.cfg.max_batch * sizeof(float);
         plan->scratch = plan->step_train - plan->activations;
     }
     dtnh_arena_init(&sa, NULL, 0);
@@ -2405,14 +2447,16 @@ typedef struct dtnh__run {
     float *block, *stats;
     const float *input;
     float *pgrad;
+    int backward;                           /* recomputed values are read from their copy */
     int ginit[DTNH__RESNET_MAX_NODES + 1]; /* backward: the value's gradient holds something */
 } dtnh__run;
 
-static const float *dtnh__vin(const dtnh__run *r, int v) {
-    return v == 0 ? r->input : r->block + r->net->values[v].offset[r->mode] * (size_t)r->n;
-}
 static float *dtnh__vout(const dtnh__run *r, int v) {
-    return r->block + r->net->values[v].offset[r->mode] * (size_t)r->n;
+    const dtnh__rvalue *x = &r->net->values[v];
+    return r->block + (r->backward && x->recompute ? x->bwd_offset : x->offset[r->mode]) * (size_t)r->n;
+}
+static const float *dtnh__vin(const dtnh__run *r, int v) {
+    return v == 0 ? r->input : dtnh__vout(r, v);
 }
 static float *dtnh__vgrad(const dtnh__run *r, int v) {
     return r->block + r->net->values[v].grad_offset * (size_t)r->n;
@@ -2482,6 +2526,31 @@ static void dtnh__bn_stats(const dtnh__run *r, const dtnh__rnode *nd, const floa
         *mean = rm;
     }
     *invstd = st + c;
+}
+
+/* Backward: the copy of a recomputed BN+ReLU output, before its first reader's backward, from
+   the BN's kept input and the statistics the forward normalised with (the step keeps the batch
+   statistics; frozen ones do not move), by the forward's own call: the same bits. */
+static void dtnh__recompute_reads(const dtnh__run *r, int i) {
+    const dtnh_resnet *net = r->net;
+    const dtnh__rnode *nd = &net->nodes[i];
+    int vals[2], j;
+    vals[0] = nd->in[0];
+    vals[1] = nd->out;
+    for (j = 0; j < 2; j++) {
+        const dtnh__rnode *bn;
+        const dtnh__rvalue *xv;
+        const float *st;
+        if (vals[j] < 1 || !net->values[vals[j]].recompute || net->values[vals[j]].first_reader != i)
+            continue;
+        bn = &net->nodes[net->values[vals[j]].producer];
+        xv = &net->values[bn->in[0]];
+        st = r->stats + bn->stats_off;
+        dtnh_batchnorm_apply(r->n, xv->c, xv->h * xv->w, dtnh__vin(r, bn->in[0]),
+                             bn->frozen_stats ? net->buffers.values + bn->buf_off : st, st + xv->c,
+                             net->weights + bn->woff, net->weights + bn->boff, 1,
+                             dtnh__vout(r, vals[j]));
+    }
 }
 
 static void dtnh__add_relu(size_t count, const float *a, const float *b, float *y) {
@@ -2828,11 +2897,13 @@ DTNHDEF dtnh_status dtnh_resnet_backward(dtnh_resnet *net, const float *dlogits,
     r.block = net->train_block;
     r.stats = net->train_stats;
     r.input = net->train_input;
+    r.backward = 1;
     if (!accumulate) dtnh__zero_trainable(net, r.pgrad);
     if (dlogits && net->values[net->logits_value].needs_grad) dtnh__grad_add(&r, net->logits_value, dlogits);
     for (i = net->node_count - 1; i >= 0; i--) {
         const dtnh__rnode *nd = &net->nodes[i];
         if (!net->values[nd->out].needs_grad) continue;
+        dtnh__recompute_reads(&r, i);
         for (h = 0; hook_grads && h < net->cfg.hook_count; h++)
             if (hook_grads[h] && net->hook_value[h] == nd->out) dtnh__grad_add(&r, nd->out, hook_grads[h]);
         if (r.ginit[nd->out]) dtnh__node_backward(&r, nd);

@@ -6,7 +6,7 @@
    throughput in images/s, the achieved GFLOP/s and its fraction of this machine's FMA peak
    (an FMA loop measures it), the arena bytes beside the analytic minimum (BENCHMARKS.md
    defines it: weights, gradients, momentum and the source copy, plus the activations backward
-   reads), and the peak RSS of a process that ran only that configuration. When
+   reads, PyTorch's set; dtnh recomputes some of them, so its arena can be below it), and the peak RSS of a process that ran only that configuration. When
    /usr/bin/python3 (or DTNH_BENCH_PYTHON) has torch, the same configuration runs in PyTorch
    (bench/bench_resnet_torch.py, its thread count set) and the ratios are printed.
    Run:   make bench   (or build/.../bench/bench_resnet [a|b|c])
@@ -133,6 +133,7 @@ typedef struct result {
     double train_ips, train_spread, infer_ips, step_gflop, infer_gflop;
     double train_cpu_ips; /* by the process's CPU time: time-slicing by other jobs not counted */
     size_t arena, minimum, weights, gradients, momentum, source, activations, persistent, step;
+    size_t recomputed; /* of the activations, those backward recomputes instead of keeping */
     long rss_kb;
 } result;
 
@@ -218,7 +219,8 @@ static dtnh_status plan(const dtnh_resnet_config *c, const dtnh_optim_config *oc
     r->gradients = p.trainable_params * sizeof(float);
     r->momentum = p.trainable_params * sizeof(float);
     r->source = p.params * sizeof(float);
-    r->activations = p.activations;
+    r->activations = p.activations + p.activations_recomputed; /* what backward reads */
+    r->recomputed = p.activations_recomputed;
     r->minimum = r->weights + r->gradients + r->momentum + r->source + r->activations;
     r->step = p.step_train;
     return DTNH_OK;
@@ -380,10 +382,10 @@ static void report(const bench_cfg *b, int threads, double peak, const result *r
     printf("         infer %8.2f img/s                              %6.1f GFLOP/s = %3.0f%% of FMA peak\n",
            r->infer_ips, infer_gf, 100 * infer_gf / peak);
     printf("  arena  %.1f MB = %.3f x the minimum %.1f MB (weights %.1f, gradients %.1f, momentum %.1f, "
-           "source %.1f, activations %.1f); persistent %.1f, step %.1f\n",
+           "source %.1f, activations %.1f, of which dtnh recomputes %.1f); persistent %.1f, step %.1f\n",
            r->arena / MB, (double)r->arena / (double)r->minimum, r->minimum / MB, r->weights / MB,
            r->gradients / MB, r->momentum / MB, r->source / MB, r->activations / MB,
-           r->persistent / MB, (r->arena - r->persistent) / MB);
+           r->recomputed / MB, r->persistent / MB, (r->arena - r->persistent) / MB);
     printf("  rss    %.1f MB\n", r->rss_kb * 1024.0 / MB);
     if (!t) return;
     if (!t->ok) {

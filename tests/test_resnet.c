@@ -633,6 +633,71 @@ static void single_backward_gives_the_same_gradients_in_less_memory(void) {
     case_close(&b);
 }
 
+/* A second backward after one forward (recomputing what it reads again) repeats the first
+   (untrained entries stay zero in both). */
+static void twice_gives_the_same(net_case *c) {
+    dtnh_tensor logits;
+    float dlogits[16 * 64], *again = (float *)calloc(c->net.params.total, sizeof(float));
+    double loss;
+    dtnh_arena_reset(&c->sa, 0);
+    CHECK_OK(dtnh_resnet_forward(&c->net, &c->input, &c->sa, &logits, NULL));
+    CHECK_OK(dtnh_softmax_cross_entropy(logits.shape[0], logits.shape[1], logits.data, c->labels,
+                                        dlogits, &loss, NULL));
+    CHECK_OK(dtnh_resnet_backward(&c->net, dlogits, NULL, NULL, 0, NULL));
+    CHECK_OK(dtnh_resnet_backward(&c->net, dlogits, NULL, again, 0, NULL));
+    CHECK(memcmp(again, c->net.params.g_j, c->net.params.total * sizeof(float)) == 0);
+    free(again);
+}
+
+/* Backward recomputes the fused BN+ReLU outputs from the BN inputs it keeps: the same
+   gradients and running statistics, bit for bit, as keeping them, from a smaller step arena,
+   whatever trains, with frozen or batch statistics, one or two backwards per forward, and a
+   hooked BN output stays stored (its reader is the caller). */
+static void recomputed_bn_relu_outputs_give_the_same_gradients_in_less_memory(void) {
+    static net_case keep, redo;
+    static const dtnh_train trains[] = {DTNH_TRAIN_ALL, DTNH_TRAIN_BN_BIAS, DTNH_TRAIN_LAST_STAGES};
+    int i;
+    for (i = 0; i < 6; i++) {
+        dtnh_resnet_config cfg = small_config(i % 2 ? DTNH_STEM_CIFAR : DTNH_STEM_IMAGENET, 8, 32, 3);
+        size_t bufs;
+        dtnh_status st;
+        cfg.train = trains[i % 3];
+        cfg.train_stages = 2;
+        cfg.single_backward = i < 3;
+        if (i == 4) cfg.bn_stats = DTNH_BN_STATS_FROZEN;
+        if (i == 5) {
+            cfg.hooks[0] = "layer1.0.bn1";
+            cfg.hook_count = 1;
+        }
+        cfg.keep_bn_relu_outputs = 1;
+        CHECK_OK(case_open(&keep, &cfg));
+        cfg.keep_bn_relu_outputs = 0;
+        CHECK_OK(case_open(&redo, &cfg));
+        CHECK(keep.plan.activations_recomputed == 0 && redo.plan.activations_recomputed > 0);
+        CHECK(redo.plan.activations + redo.plan.activations_recomputed == keep.plan.activations);
+        CHECK(redo.plan.step_train <= keep.plan.step_train);
+        /* training it all, the activations outweigh the kernels' work in the peak */
+        if (cfg.train == DTNH_TRAIN_ALL) CHECK(redo.plan.step_train < keep.plan.step_train);
+        CHECK(redo.plan.step_infer == keep.plan.step_infer);
+        case_step(&keep, NULL, &st);
+        CHECK_OK(st);
+        case_step(&redo, NULL, &st);
+        CHECK_OK(st);
+        if (cfg.hook_count) {
+            dtnh_tensor hk, hr;
+            CHECK_OK(dtnh_resnet_hook_output(&keep.net, 0, &hk, NULL));
+            CHECK_OK(dtnh_resnet_hook_output(&redo.net, 0, &hr, NULL));
+            CHECK(memcmp(hk.data, hr.data, dtnh_tensor_count(&hk) * sizeof(float)) == 0);
+        }
+        CHECK(memcmp(keep.net.params.g_j, redo.net.params.g_j, keep.net.params.total * sizeof(float)) == 0);
+        bufs = keep.net.buffers.total * sizeof(float);
+        CHECK(memcmp(keep.net.buffers.values, redo.net.buffers.values, bufs) == 0);
+        if (!cfg.single_backward) twice_gives_the_same(&redo);
+        case_close(&keep);
+        case_close(&redo);
+    }
+}
+
 /* Training the last stage (with batch statistics everywhere, so the forward is the same)
    gives the same gradients there as training everything, and leaves frozen views alone. */
 static void frozen_stages_get_no_gradient(void) {
@@ -926,6 +991,7 @@ void suite_resnet(void) {
     RUN(plan_is_exact_for_a_single_backward);
     RUN(plan_splits_the_persistent_memory_by_role);
     RUN(frozen_training_plans_keep_fewer_activations);
+    RUN(recomputed_bn_relu_outputs_give_the_same_gradients_in_less_memory);
     RUN(forward_gives_the_expected_shapes);
     RUN(hooks_resolve_torchvision_names);
     RUN(training_forward_updates_running_stats_and_inference_does_not);
