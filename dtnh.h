@@ -986,8 +986,10 @@ DTNHDEF size_t dtnh_params_count(const dtnh_params *p, unsigned mask) {
 
 #if defined(__GNUC__) || defined(__clang__)
 #define DTNH__PREFETCH(p) __builtin_prefetch(p)
+#define DTNH__PREFETCH_W(p) __builtin_prefetch(p, 1, 3) /* to be written */
 #else
 #define DTNH__PREFETCH(p) ((void)0)
+#define DTNH__PREFETCH_W(p) ((void)0)
 #endif
 
 static int dtnh__kmin(int a, int b) { return a < b ? a : b; }
@@ -1217,11 +1219,20 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, 
     __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00;
     int k, ak;
-    if (!u->first || u->beta != 0.0f)
+    if (!u->first || u->beta != 0.0f) {
         for (k = 0; k < 8; k++) { /* C arrives while the loop runs */
             _mm_prefetch((const char *)(c + (size_t)k * ldc), _MM_HINT_T0);
             _mm_prefetch((const char *)(c + (size_t)k * ldc + 31), _MM_HINT_T0);
         }
+    } else if (kc <= 32) {
+        /* C is only written, but after a loop too short (K = 27: the stem) to hide fetching
+           its lines for the stores: ask for them, for writing, now (measured: 0.79-0.96x
+           OpenBLAS -> 1.00-1.08x on 64 x 49152 x 27; no gain at K = 64) */
+        for (k = 0; k < 8; k++) {
+            DTNH__PREFETCH_W(c + (size_t)k * ldc);
+            DTNH__PREFETCH_W(c + (size_t)k * ldc + 31);
+        }
+    }
     for (k = 0, ak = 0; k < kc; k++, ak += ks, b += 32) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         DTNH__PREFETCH_A;
