@@ -218,9 +218,10 @@ typedef struct dtnh_resnet_config {
                              names (a teacher reading the target's w_src) */
     int single_backward;  /* 1: one backward per forward (the plain training step): backward
                              reuses the forward's memory as it goes, for a smaller step arena */
-    int keep_bn_relu_outputs; /* 1: keep every BN+ReLU output backward reads, as PyTorch does.
-                             0: backward recomputes them from the BN input it keeps anyway (one
-                             elementwise pass each, the same bits), for a smaller step arena */
+    int keep_activations; /* 1: keep every activation backward reads, as PyTorch does. 0:
+                             backward recomputes the BN+ReLU outputs and the outputs of blocks
+                             without downsample from the BN inputs it keeps anyway (an
+                             elementwise pass or two each, the same bits): a smaller step arena */
     /* Layers whose outputs are exposed after a forward and take gradients in backward, by
        torchvision module name: "layer1".."layer4", "layer2.1", "conv1", "bn1", "relu",
        "maxpool", "layer3.0.bn2", "layer2.0.downsample", "avgpool", "fc". A block's "relu"
@@ -258,7 +259,7 @@ typedef struct dtnh__rvalue {
     int needs_grad, kept, hook; /* kept: backward reads it */
     int last_reader;            /* kept: the node whose backward reads it last (lowest index) */
     int first_reader;           /* kept: the node whose backward reads it first (highest index) */
-    int recompute;              /* kept, but not stored: backward recomputes it (a BN+ReLU output) */
+    int recompute;              /* kept, not stored: backward recomputes it (DTNH__REDO_*) */
     size_t offset[2];   /* per-sample floats into the step block: [0] training, [1] inference */
     size_t grad_offset; /* per-sample floats: its gradient in the training block */
     size_t bwd_offset;  /* recompute: per-sample floats of the recomputed copy (training block) */
@@ -296,9 +297,9 @@ typedef struct dtnh_resnet {
    extra flat vectors asked for, over the trainable parameters). Step: a training step
    (forward and backward) and an inference forward at max_batch; activations are the tensors
    backward reads that are stored through the step, scratch the rest (transient tensors,
-   gradient buffers, kernel work, the recomputed BN+ReLU outputs). activations_recomputed: the
-   tensors backward reads but recomputes (keep_bn_relu_outputs = 0), what storing them would
-   add to activations. */
+   gradient buffers, kernel work, the recomputed activations). activations_recomputed: the
+   tensors backward reads but recomputes (keep_activations = 0), what storing them would add to
+   activations. */
 typedef struct dtnh_resnet_plan {
     size_t structure, weights, gradients, source_copy, buffers, optimizer_state;
     size_t persistent;
@@ -1981,20 +1982,36 @@ static void dtnh__keep(dtnh__rvalue *v, int i, int read) {
     v->kept = 1;
 }
 
-/* A fused BN+ReLU output that backward reads (the next convolution's input, the ReLU's mask)
-   is a pure function of the BN's input, which backward keeps too, and of statistics the step
-   keeps: backward recomputes it where it is first read, so it need not outlive the forward.
-   A hooked value outlives the forward anyway (the caller reads it): it is not recomputed. */
-static void dtnh__resnet_mark_recompute(dtnh_resnet *net) {
-    int i;
-    if (net->cfg.keep_bn_relu_outputs) return;
-    for (i = 0; i < net->node_count; i++) {
-        const dtnh__rnode *nd = &net->nodes[i];
-        dtnh__rvalue *out = &net->values[nd->out];
-        if (nd->kind == DTNH__NODE_BN && nd->relu && nd->in[0] >= 1 && out->kept && out->hook < 0 &&
-            net->values[nd->in[0]].kept)
-            out->recompute = 1;
+/* Activations backward reads but recomputes (dtnh__rvalue.recompute). */
+#define DTNH__REDO_BN 1  /* a fused BN+ReLU output, from the BN's input */
+#define DTNH__REDO_ADD 2 /* a block's ReLU(BN2 output + the block's input), from BN2's input */
+
+/* Whether value v, which backward reads, can be recomputed from values backward stores anyway
+   and statistics the step keeps: a fused BN+ReLU output (the next convolution's input, the
+   ReLU's mask) from the BN's input; a block's output from its BN2's input and the block's
+   input, when the block has no downsample (whose BN output nothing keeps) and its input is
+   stored (recomputing chains of blocks would keep the chain's copies alive together: measured
+   larger). Backward recomputes it before its first reader, so it need not outlive the
+   forward. A hooked value outlives the forward anyway (the caller reads it): not recomputed. */
+static int dtnh__recomputable(const dtnh_resnet *net, int v) {
+    const dtnh__rvalue *x = &net->values[v];
+    const dtnh__rnode *nd = &net->nodes[x->producer];
+    if (!x->kept || x->hook >= 0 || nd->in[0] < 1) return 0;
+    if (nd->kind == DTNH__NODE_BN) return nd->relu && net->values[nd->in[0]].kept ? DTNH__REDO_BN : 0;
+    if (nd->kind == DTNH__NODE_ADD) {
+        const dtnh__rnode *bn2 = &net->nodes[net->values[nd->in[0]].producer];
+        int ident = nd->in[1];
+        if (bn2->kind == DTNH__NODE_BN && !bn2->relu && bn2->in[0] >= 1 && net->values[bn2->in[0]].kept &&
+            ident >= 1 && net->values[ident].kept && !net->values[ident].recompute)
+            return DTNH__REDO_ADD;
     }
+    return 0;
+}
+
+static void dtnh__resnet_mark_recompute(dtnh_resnet *net) {
+    int v;
+    if (net->cfg.keep_activations) return;
+    for (v = 1; v < net->value_count; v++) net->values[v].recompute = dtnh__recomputable(net, v);
 }
 
 /* A value needs a gradient when a trainable parameter lies at or below it. BN statistics
@@ -2157,7 +2174,8 @@ static void dtnh__plan_grads(dtnh_resnet *net, dtnh__interval *iv, int *count, i
    values live to the end, as backward may run more than once; with single_backward, only until
    their last reader's backward, and gradients take their place. A recomputed value lives in
    the forward until its last consumer, and again from its first reader's backward to its last
-   reader's (every backward recomputes it). */
+   reader's (every backward recomputes it). What it is recomputed from outlives that start:
+   its BN's input until that BN's backward, a block's input until its conv1's, both later. */
 static void dtnh__plan_train(dtnh_resnet *net) {
     dtnh__interval iv[DTNH__MAX_INTERVALS];
     int id[DTNH__RESNET_MAX_NODES + 1], gid[DTNH__RESNET_MAX_NODES + 1], bid[DTNH__RESNET_MAX_NODES + 1];
@@ -2528,37 +2546,46 @@ static void dtnh__bn_stats(const dtnh__run *r, const dtnh__rnode *nd, const floa
     *invstd = st + c;
 }
 
-/* Backward: the copy of a recomputed BN+ReLU output, before its first reader's backward, from
-   the BN's kept input and the statistics the forward normalised with (the step keeps the batch
-   statistics; frozen ones do not move), by the forward's own call: the same bits. */
-static void dtnh__recompute_reads(const dtnh__run *r, int i) {
-    const dtnh_resnet *net = r->net;
-    const dtnh__rnode *nd = &net->nodes[i];
-    int vals[2], j;
-    vals[0] = nd->in[0];
-    vals[1] = nd->out;
-    for (j = 0; j < 2; j++) {
-        const dtnh__rnode *bn;
-        const dtnh__rvalue *xv;
-        const float *st;
-        if (vals[j] < 1 || !net->values[vals[j]].recompute || net->values[vals[j]].first_reader != i)
-            continue;
-        bn = &net->nodes[net->values[vals[j]].producer];
-        xv = &net->values[bn->in[0]];
-        st = r->stats + bn->stats_off;
-        dtnh_batchnorm_apply(r->n, xv->c, xv->h * xv->w, dtnh__vin(r, bn->in[0]),
-                             bn->frozen_stats ? net->buffers.values + bn->buf_off : st, st + xv->c,
-                             net->weights + bn->woff, net->weights + bn->boff, 1,
-                             dtnh__vout(r, vals[j]));
-    }
-}
-
 static void dtnh__add_relu(size_t count, const float *a, const float *b, float *y) {
     long i, n = (long)count;
     DTNH__OMP(parallel for schedule(static) if (count > DTNH__PAR_MIN))
     for (i = 0; i < n; i++) {
         float v = a[i] + b[i];
         y[i] = v <= 0.0f ? 0.0f : v; /* NaN passes */
+    }
+}
+
+/* A BN's forward again, from its kept input into y, with the statistics the forward
+   normalised with (the step keeps the batch statistics; frozen ones do not move). */
+static void dtnh__bn_again(const dtnh__run *r, const dtnh__rnode *bn, float *y) {
+    const dtnh_resnet *net = r->net;
+    const dtnh__rvalue *xv = &net->values[bn->in[0]];
+    const float *st = r->stats + bn->stats_off;
+    dtnh_batchnorm_apply(r->n, xv->c, xv->h * xv->w, dtnh__vin(r, bn->in[0]),
+                         bn->frozen_stats ? net->buffers.values + bn->buf_off : st, st + xv->c,
+                         net->weights + bn->woff, net->weights + bn->boff, bn->relu, y);
+}
+
+/* Before node i's backward: the recomputed values whose first reader it is, into their
+   copies, by the forward's own calls on the same inputs (the same bits). */
+static void dtnh__recompute_reads(const dtnh__run *r, int i) {
+    const dtnh_resnet *net = r->net;
+    int vals[2], j;
+    vals[0] = net->nodes[i].in[0];
+    vals[1] = net->nodes[i].out;
+    for (j = 0; j < 2; j++) {
+        const dtnh__rvalue *x = vals[j] >= 1 ? &net->values[vals[j]] : NULL;
+        const dtnh__rnode *nd;
+        float *y;
+        if (!x || !x->recompute || x->first_reader != i) continue;
+        nd = &net->nodes[x->producer];
+        y = dtnh__vout(r, vals[j]);
+        if (x->recompute == DTNH__REDO_BN) {
+            dtnh__bn_again(r, nd, y);
+        } else { /* BN2's output, then the block's input added and ReLU, in place */
+            dtnh__bn_again(r, &net->nodes[net->values[nd->in[0]].producer], y);
+            dtnh__add_relu(dtnh__vcount(r, vals[j]), y, dtnh__vin(r, nd->in[1]), y);
+        }
     }
 }
 
