@@ -654,14 +654,15 @@ static void twice_gives_the_same(net_case *c) {
     free(again);
 }
 
-/* Backward recomputes the fused BN+ReLU outputs from the BN inputs it keeps: the same
-   gradients and running statistics, bit for bit, as keeping them, from a smaller step arena,
-   whatever trains, with frozen or batch statistics, one or two backwards per forward, and a
-   hooked BN output stays stored (its reader is the caller). */
-static void recomputed_bn_relu_outputs_give_the_same_gradients_in_less_memory(void) {
+/* Backward recomputes the fused BN+ReLU outputs and the outputs of blocks without downsample
+   from the BN inputs it keeps: the same gradients and running statistics, bit for bit, as
+   keeping them, from a smaller step arena, whatever trains, with frozen or batch statistics,
+   one or two backwards per forward, and hooked outputs (a BN's, a block's) stay stored and
+   the same (their reader is the caller). */
+static void recomputed_activations_give_the_same_gradients_in_less_memory(void) {
     static net_case keep, redo;
     static const dtnh_train trains[] = {DTNH_TRAIN_ALL, DTNH_TRAIN_BN_BIAS, DTNH_TRAIN_LAST_STAGES};
-    int i;
+    int i, h;
     for (i = 0; i < 6; i++) {
         dtnh_resnet_config cfg = small_config(i % 2 ? DTNH_STEM_CIFAR : DTNH_STEM_IMAGENET, 8, 32, 3);
         size_t bufs;
@@ -672,7 +673,8 @@ static void recomputed_bn_relu_outputs_give_the_same_gradients_in_less_memory(vo
         if (i == 4) cfg.bn_stats = DTNH_BN_STATS_FROZEN;
         if (i == 5) {
             cfg.hooks[0] = "layer1.0.bn1";
-            cfg.hook_count = 1;
+            cfg.hooks[1] = "layer1";
+            cfg.hook_count = 2;
         }
         cfg.keep_activations = 1;
         CHECK_OK(case_open(&keep, &cfg));
@@ -688,10 +690,10 @@ static void recomputed_bn_relu_outputs_give_the_same_gradients_in_less_memory(vo
         CHECK_OK(st);
         case_step(&redo, NULL, &st);
         CHECK_OK(st);
-        if (cfg.hook_count) {
+        for (h = 0; h < cfg.hook_count; h++) {
             dtnh_tensor hk, hr;
-            CHECK_OK(dtnh_resnet_hook_output(&keep.net, 0, &hk, NULL));
-            CHECK_OK(dtnh_resnet_hook_output(&redo.net, 0, &hr, NULL));
+            CHECK_OK(dtnh_resnet_hook_output(&keep.net, h, &hk, NULL));
+            CHECK_OK(dtnh_resnet_hook_output(&redo.net, h, &hr, NULL));
             CHECK(memcmp(hk.data, hr.data, dtnh_tensor_count(&hk) * sizeof(float)) == 0);
         }
         CHECK(memcmp(keep.net.params.g_j, redo.net.params.g_j, keep.net.params.total * sizeof(float)) == 0);
@@ -996,7 +998,7 @@ void suite_resnet(void) {
     RUN(plan_is_exact_for_a_single_backward);
     RUN(plan_splits_the_persistent_memory_by_role);
     RUN(frozen_training_plans_keep_fewer_activations);
-    RUN(recomputed_bn_relu_outputs_give_the_same_gradients_in_less_memory);
+    RUN(recomputed_activations_give_the_same_gradients_in_less_memory);
     RUN(forward_gives_the_expected_shapes);
     RUN(hooks_resolve_torchvision_names);
     RUN(training_forward_updates_running_stats_and_inference_does_not);
