@@ -664,7 +664,7 @@ static void recomputed_activations_give_the_same_gradients_in_less_memory(void) 
     static const dtnh_train trains[] = {DTNH_TRAIN_ALL, DTNH_TRAIN_BN_BIAS, DTNH_TRAIN_LAST_STAGES};
     int i, h;
     for (i = 0; i < 6; i++) {
-        dtnh_resnet_config cfg = small_config(i % 2 ? DTNH_STEM_CIFAR : DTNH_STEM_IMAGENET, 8, 32, 3);
+        dtnh_resnet_config cfg = small_config(i % 2 ? DTNH_STEM_CIFAR : DTNH_STEM_IMAGENET, 8, 16, 3);
         size_t bufs;
         dtnh_status st;
         cfg.train = trains[i % 3];
