@@ -2526,24 +2526,41 @@ static size_t dtnh__work_bytes(const dtnh_resnet *net, int n) {
     return most;
 }
 
-/* BN's mean and invstd for this forward: batch statistics (and the running update) in a
-   training forward, else the running statistics. */
-static void dtnh__bn_stats(const dtnh__run *r, const dtnh__rnode *nd, const float *x,
-                           const float **mean, const float **invstd) {
+/* Whether a BN normalises with batch statistics in this run (a training forward or its
+   backward, statistics not frozen), else with the running ones. */
+static int dtnh__bn_batch(const dtnh__run *r, const dtnh__rnode *nd) {
+    return r->mode == DTNH__TRAIN && !nd->frozen_stats;
+}
+
+/* BN's statistics for this forward, kept in the step's stats: the batch's (mean, invstd,
+   unbiased variance, and the running update), else invstd from the running variance. */
+static void dtnh__bn_stats(const dtnh__run *r, const dtnh__rnode *nd, const float *x) {
     dtnh_resnet *net = r->net;
     const dtnh__rvalue *v = &net->values[nd->out];
     float *st = r->stats + nd->stats_off, *rm = net->buffers.values + nd->buf_off;
     int c = v->c;
-    if (r->mode == DTNH__TRAIN && !nd->frozen_stats) {
+    if (dtnh__bn_batch(r, nd)) {
         dtnh_batchnorm_stats(r->n, c, v->h * v->w, x, DTNH_BN_EPS, st, st + c, st + 2 * c);
         dtnh_batchnorm_update_running(c, st, st + 2 * c, DTNH_BN_MOMENTUM, rm, rm + c,
                                       net->buffers.counts + nd->count_index);
-        *mean = st;
     } else {
         dtnh_batchnorm_eval_invstd(c, rm + c, DTNH_BN_EPS, st + c);
-        *mean = rm;
     }
-    *invstd = st + c;
+}
+
+/* The mean a BN normalises with (its invstd is always stats + stats_off + C). */
+static const float *dtnh__bn_mean(const dtnh__run *r, const dtnh__rnode *nd) {
+    return dtnh__bn_batch(r, nd) ? r->stats + nd->stats_off : r->net->buffers.values + nd->buf_off;
+}
+
+/* y = BN(x) (+ ReLU) with the statistics dtnh__bn_stats kept: the forward's call, and
+   backward's recomputation of a BN output (the same call on the same values: the same bits). */
+static void dtnh__bn_apply(const dtnh__run *r, const dtnh__rnode *nd, float *y) {
+    const dtnh_resnet *net = r->net;
+    const dtnh__rvalue *xv = &net->values[nd->in[0]];
+    dtnh_batchnorm_apply(r->n, xv->c, xv->h * xv->w, dtnh__vin(r, nd->in[0]), dtnh__bn_mean(r, nd),
+                         r->stats + nd->stats_off + xv->c, net->weights + nd->woff,
+                         net->weights + nd->boff, nd->relu, y);
 }
 
 static void dtnh__add_relu(size_t count, const float *a, const float *b, float *y) {
@@ -2553,17 +2570,6 @@ static void dtnh__add_relu(size_t count, const float *a, const float *b, float *
         float v = a[i] + b[i];
         y[i] = v <= 0.0f ? 0.0f : v; /* NaN passes */
     }
-}
-
-/* A BN's forward again, from its kept input into y, with the statistics the forward
-   normalised with (the step keeps the batch statistics; frozen ones do not move). */
-static void dtnh__bn_again(const dtnh__run *r, const dtnh__rnode *bn, float *y) {
-    const dtnh_resnet *net = r->net;
-    const dtnh__rvalue *xv = &net->values[bn->in[0]];
-    const float *st = r->stats + bn->stats_off;
-    dtnh_batchnorm_apply(r->n, xv->c, xv->h * xv->w, dtnh__vin(r, bn->in[0]),
-                         bn->frozen_stats ? net->buffers.values + bn->buf_off : st, st + xv->c,
-                         net->weights + bn->woff, net->weights + bn->boff, bn->relu, y);
 }
 
 /* Before node i's backward: the recomputed values whose first reader it is, into their
@@ -2581,9 +2587,9 @@ static void dtnh__recompute_reads(const dtnh__run *r, int i) {
         nd = &net->nodes[x->producer];
         y = dtnh__vout(r, vals[j]);
         if (x->recompute == DTNH__REDO_BN) {
-            dtnh__bn_again(r, nd, y);
+            dtnh__bn_apply(r, nd, y);
         } else { /* BN2's output, then the block's input added and ReLU, in place */
-            dtnh__bn_again(r, &net->nodes[net->values[nd->in[0]].producer], y);
+            dtnh__bn_apply(r, &net->nodes[net->values[nd->in[0]].producer], y);
             dtnh__add_relu(dtnh__vcount(r, vals[j]), y, dtnh__vin(r, nd->in[1]), y);
         }
     }
@@ -2591,7 +2597,7 @@ static void dtnh__recompute_reads(const dtnh__run *r, int i) {
 
 static void dtnh__node_forward(dtnh__run *r, const dtnh__rnode *nd) {
     const dtnh_resnet *net = r->net;
-    const float *W = net->weights, *x = dtnh__vin(r, nd->in[0]), *mean, *invstd;
+    const float *W = net->weights, *x = dtnh__vin(r, nd->in[0]);
     const dtnh__rvalue *xv = &net->values[nd->in[0]];
     float *y = dtnh__vout(r, nd->out);
     dtnh_conv_geom g;
@@ -2601,9 +2607,8 @@ static void dtnh__node_forward(dtnh__run *r, const dtnh__rnode *nd) {
         dtnh_conv2d_forward(&g, x, W + nd->woff, NULL, y, &net->work);
         break;
     case DTNH__NODE_BN:
-        dtnh__bn_stats(r, nd, x, &mean, &invstd);
-        dtnh_batchnorm_apply(r->n, xv->c, xv->h * xv->w, x, mean, invstd, W + nd->woff,
-                             W + nd->boff, nd->relu, y);
+        dtnh__bn_stats(r, nd, x);
+        dtnh__bn_apply(r, nd, y);
         break;
     case DTNH__NODE_RELU: dtnh_relu_forward(dtnh__vcount(r, nd->out), x, y); break;
     case DTNH__NODE_MAXPOOL:
@@ -2826,13 +2831,13 @@ static void dtnh__conv_backward(dtnh__run *r, const dtnh__rnode *nd, const float
 static void dtnh__bn_backward(dtnh__run *r, const dtnh__rnode *nd, const float *dy) {
     const dtnh_resnet *net = r->net;
     const dtnh__rvalue *xv = &net->values[nd->in[0]];
-    const float *rm = net->buffers.values + nd->buf_off, *st = r->stats + nd->stats_off;
+    const float *st = r->stats + nd->stats_off;
     int u = nd->in[0], dx = xv->needs_grad;
     DTNH_ASSERT(!dx || !r->ginit[u] || xv->grad_offset == net->values[nd->out].grad_offset);
     dtnh_batchnorm_backward(r->n, xv->c, xv->h * xv->w, xv->kept ? dtnh__vin(r, u) : NULL,
                             nd->relu ? dtnh__vout(r, nd->out) : NULL, dy,
-                            nd->frozen_stats ? rm : st, st + xv->c, net->weights + nd->woff,
-                            !nd->frozen_stats, dx ? dtnh__vgrad(r, u) : NULL,
+                            dtnh__bn_mean(r, nd), st + xv->c, net->weights + nd->woff,
+                            dtnh__bn_batch(r, nd), dx ? dtnh__vgrad(r, u) : NULL,
                             nd->train_w ? r->pgrad + nd->woff : NULL,
                             nd->train_b ? r->pgrad + nd->boff : NULL, 1);
     if (dx) r->ginit[u] = 1;

@@ -6,8 +6,9 @@
    throughput in images/s, the achieved GFLOP/s and its fraction of this machine's FMA peak
    (an FMA loop measures it), the arena bytes beside the analytic minimum (BENCHMARKS.md
    defines it: weights, gradients, momentum and the source copy, plus the activations backward
-   reads, PyTorch's set; dtnh recomputes some of them, so its arena can be below it), and the peak RSS of a process that ran only that configuration. When
-   /usr/bin/python3 (or DTNH_BENCH_PYTHON) has torch, the same configuration runs in PyTorch
+   reads, PyTorch's set; dtnh recomputes some of them, so its arena can be below it), and the
+   peak RSS of a process that ran only that configuration. When /usr/bin/python3 (or
+   DTNH_BENCH_PYTHON) has torch, the same configuration runs in PyTorch
    (bench/bench_resnet_torch.py, its thread count set) and the ratios are printed.
    Run:   make bench   (or build/.../bench/bench_resnet [a|b|c])
    Env:   DTNH_BENCH_ITERS=n   timed steps per figure (median; default 10, 1 for a smoke run)
