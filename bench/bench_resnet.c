@@ -15,6 +15,8 @@
           DTNH_BENCH_NO_TORCH=1 skip PyTorch
           DTNH_BENCH_THREADS=list  thread counts to run, e.g. 2 or 1,4,8,16 (default: 1,2)
           DTNH_BENCH_PYTHON=path   the Python with torch (default /usr/bin/python3)
+          DTNH_BENCH_WINOGRAD=keys configurations also run with dtnh_resnet_config.winograd = 1
+                                   ("dtnh W" lines; default c, "-" for none)
    Each configuration runs in a child process, so its peak RSS is its own. */
 #define _POSIX_C_SOURCE 200809L
 #define DTNH_IMPLEMENTATION
@@ -157,7 +159,7 @@ static unsigned char *aligned_block(size_t bytes, unsigned char **raw) {
     return *raw ? *raw + (64 - (uintptr_t)*raw % 64) % 64 : NULL;
 }
 
-static dtnh_resnet_config net_config(const bench_cfg *b, int threads) {
+static dtnh_resnet_config net_config(const bench_cfg *b, int threads, int winograd) {
     dtnh_resnet_config c;
     memset(&c, 0, sizeof c);
     c.stem = b->stem;
@@ -168,6 +170,7 @@ static dtnh_resnet_config net_config(const bench_cfg *b, int threads) {
     c.num_classes = b->classes;
     c.threads = threads;
     c.single_backward = 1; /* the plain training step: one backward per forward */
+    c.winograd = winograd;
     c.roles = DTNH_ROLE_W | DTNH_ROLE_W_SRC | DTNH_ROLE_G_J;
     return c;
 }
@@ -227,9 +230,9 @@ static dtnh_status plan(const dtnh_resnet_config *c, const dtnh_optim_config *oc
     return DTNH_OK;
 }
 
-static void run_config(const bench_cfg *b, int threads, int iters, result *r) {
+static void run_config(const bench_cfg *b, int threads, int winograd, int iters, result *r) {
     static run_state s;
-    dtnh_resnet_config c = net_config(b, threads);
+    dtnh_resnet_config c = net_config(b, threads, winograd);
     dtnh_optim_config oc;
     dtnh_error err;
     dtnh_status st;
@@ -299,7 +302,7 @@ fail:
 
 /* Runs one configuration (b NULL: the FMA peaks) in a child process, whose result comes back
    through a pipe. The parent never starts OpenMP threads: a fork after that can hang. */
-static result run_isolated(const bench_cfg *b, int threads, int iters) {
+static result run_isolated(const bench_cfg *b, int threads, int winograd, int iters) {
     result r;
     int fd[2];
     pid_t pid;
@@ -309,7 +312,7 @@ static result run_isolated(const bench_cfg *b, int threads, int iters) {
     pid = fork();
     if (pid == 0) {
         close(fd[0]);
-        if (b) run_config(b, threads, iters, &r);
+        if (b) run_config(b, threads, winograd, iters, &r);
         else {
             r.train_ips = fma_peak(threads); /* the peak of this many threads */
             r.ok = 1;
@@ -364,18 +367,18 @@ static torch_result run_torch(const bench_cfg *b, int threads, int iters) {
 
 /* ---- report ---------------------------------------------------------------------------------- */
 
-static void report(const bench_cfg *b, int threads, double peak, const result *r,
-                   const torch_result *t, int iters) {
+/* One dtnh run's lines, labelled ("dtnh", or "dtnh W" for the Winograd run). */
+static void report_dtnh(const char *label, const bench_cfg *b, int threads, double peak, const result *r,
+                        int iters) {
     const double MB = 1e6;
     double train_gf = r->step_gflop * r->train_ips / b->batch;
     double infer_gf = r->infer_gflop * r->infer_ips / b->batch;
-    printf("%s, %d thread%s\n", b->name, threads, threads > 1 ? "s" : "");
     if (!r->ok) {
-        printf("  dtnh   FAILED: %s\n", r->error);
+        printf("  %-6s FAILED: %s\n", label, r->error);
         return;
     }
-    printf("  dtnh   train %8.2f img/s (median of %d, spread %.0f%%%s)  %6.1f GFLOP/s = %3.0f%% of FMA peak\n",
-           r->train_ips, iters, 100 * r->train_spread, r->train_spread > 0.2 ? ", LARGE" : "",
+    printf("  %-6s train %8.2f img/s (median of %d, spread %.0f%%%s)  %6.1f GFLOP/s = %3.0f%% of FMA peak\n",
+           label, r->train_ips, iters, 100 * r->train_spread, r->train_spread > 0.2 ? ", LARGE" : "",
            train_gf, 100 * train_gf / peak);
     if (threads == 1)
         printf("         train %8.2f img/s by process CPU time (median; other jobs' time slices not counted)\n",
@@ -388,15 +391,29 @@ static void report(const bench_cfg *b, int threads, double peak, const result *r
            r->gradients / MB, r->momentum / MB, r->source / MB, r->activations / MB,
            r->recomputed / MB, r->persistent / MB, (r->arena - r->persistent) / MB);
     printf("  rss    %.1f MB\n", r->rss_kb * 1024.0 / MB);
+}
+
+static void report_ratio(const char *label, const result *r, const torch_result *t) {
+    if (r->ok)
+        printf("  ratio  train %.2fx  infer %.2fx  rss %.2fx (%s / torch)\n", r->train_ips / t->train_ips,
+               r->infer_ips / t->infer_ips, (double)r->rss_kb / (double)t->rss_kb, label);
+}
+
+/* A configuration's report: dtnh, dtnh with Winograd (w, when it ran), PyTorch, the ratios. */
+static void report(const bench_cfg *b, int threads, double peak, const result *r, const result *w,
+                   const torch_result *t, int iters) {
+    printf("%s, %d thread%s\n", b->name, threads, threads > 1 ? "s" : "");
+    report_dtnh("dtnh", b, threads, peak, r, iters);
+    if (w) report_dtnh("dtnh W", b, threads, peak, w, iters);
     if (!t) return;
     if (!t->ok) {
         printf("  torch  FAILED\n");
         return;
     }
     printf("  torch  train %8.2f img/s (spread %.0f%%), infer %8.2f img/s, rss %.1f MB\n", t->train_ips,
-           100 * t->train_spread, t->infer_ips, t->rss_kb * 1024.0 / MB);
-    printf("  ratio  train %.2fx  infer %.2fx  rss %.2fx (dtnh / torch)\n", r->train_ips / t->train_ips,
-           r->infer_ips / t->infer_ips, (double)r->rss_kb / (double)t->rss_kb);
+           100 * t->train_spread, t->infer_ips, t->rss_kb * 1024.0 / 1e6);
+    report_ratio("dtnh", r, t);
+    if (w) report_ratio("dtnh W", w, t);
 }
 
 /* The thread counts to run: DTNH_BENCH_THREADS as a comma-separated list, else 1 and 2. */
@@ -419,14 +436,15 @@ static int thread_counts(int *counts, int max) {
 }
 
 int main(int argc, char **argv) {
-    const char *it = getenv("DTNH_BENCH_ITERS");
+    const char *it = getenv("DTNH_BENCH_ITERS"), *winograd = getenv("DTNH_BENCH_WINOGRAD");
     int iters = it ? atoi(it) : 10, torch = have_torch(), c, i, counts[16];
     int n_counts = thread_counts(counts, 16);
     double peak[16];
     if (iters < 1) iters = 1;
+    if (!winograd) winograd = "c";
     printf("bench_resnet: FMA peak");
     for (i = 0; i < n_counts; i++) {
-        peak[i] = run_isolated(NULL, counts[i], 0).train_ips;
+        peak[i] = run_isolated(NULL, counts[i], 0, 0).train_ips;
         printf("%s %.1f GFLOP/s (%d thread%s)", i ? "," : "", peak[i], counts[i],
                counts[i] > 1 ? "s" : "");
     }
@@ -434,10 +452,12 @@ int main(int argc, char **argv) {
     for (c = 0; c < 3; c++) {
         if (argc > 1 && !strchr(argv[1], configs[c].key)) continue;
         for (i = 0; i < n_counts; i++) {
-            result r = run_isolated(&configs[c], counts[i], iters);
+            int wino = strchr(winograd, configs[c].key) != NULL;
+            result r = run_isolated(&configs[c], counts[i], 0, iters), w;
             torch_result t;
+            if (wino) w = run_isolated(&configs[c], counts[i], 1, iters);
             if (torch) t = run_torch(&configs[c], counts[i], iters);
-            report(&configs[c], counts[i], peak[i], &r, torch ? &t : NULL, iters);
+            report(&configs[c], counts[i], peak[i], &r, wino ? &w : NULL, torch ? &t : NULL, iters);
             fflush(stdout);
         }
     }

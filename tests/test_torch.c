@@ -48,7 +48,7 @@ static void torch_close(torch_case *c) {
 }
 
 /* Opens the fixture and builds the network its metadata describes, weights by the formula. */
-static dtnh_status torch_open(torch_case *c, const char *file) {
+static dtnh_status torch_open(torch_case *c, const char *file, int winograd) {
     dtnh_resnet_config cfg;
     dtnh_resnet_plan plan;
     dtnh_arena scratch;
@@ -72,6 +72,7 @@ static dtnh_status torch_open(torch_case *c, const char *file) {
     c->train = strcmp(mode, "train") == 0;
     cfg.train = DTNH_TRAIN_ALL;
     cfg.bn_stats = c->train ? DTNH_BN_STATS_BATCH : DTNH_BN_STATS_FROZEN;
+    cfg.winograd = winograd;
     if ((s = dtnh_resnet_plan_memory(&cfg, 0, &plan, NULL))) return s;
     c->mem[1] = malloc(plan.persistent + 64);
     c->mem[2] = malloc(plan.step_train + 64);
@@ -188,7 +189,7 @@ static int torch_buffers_agree(torch_case *c) {
 }
 
 /* x and dlogits live outside the step arena, which the plan sized for the network alone. */
-static void torch_compare(const char *file) {
+static void torch_compare(const char *file, int winograd) {
     torch_case c;
     dtnh_tensor x, logits;
     dtnh_error err;
@@ -196,7 +197,7 @@ static void torch_compare(const char *file) {
     int labels[8], shape[4], i, n, classes;
     double loss;
     size_t nx;
-    dtnh_status s = torch_open(&c, file);
+    dtnh_status s = torch_open(&c, file, winograd);
     CHECK_MSG(s == DTNH_OK, "%s: fixture or network (%s)", file, dtnh_status_str(s));
     n = c.batch;
     classes = c.net.cfg.num_classes;
@@ -228,28 +229,35 @@ static void torch_compare(const char *file) {
 }
 
 static void cifar_w16_training_step_matches_pytorch(void) {
-    torch_compare("resnet_cifar_w16_train.safetensors");
+    torch_compare("resnet_cifar_w16_train.safetensors", 0);
 }
 static void cifar_w16_evaluation_gradients_match_pytorch(void) {
-    torch_compare("resnet_cifar_w16_eval.safetensors");
+    torch_compare("resnet_cifar_w16_eval.safetensors", 0);
 }
 static void cifar_w64_training_step_matches_pytorch(void) {
-    torch_compare("resnet_cifar_w64_train.safetensors");
+    torch_compare("resnet_cifar_w64_train.safetensors", 0);
 }
 static void cifar_w64_evaluation_gradients_match_pytorch(void) {
-    torch_compare("resnet_cifar_w64_eval.safetensors");
+    torch_compare("resnet_cifar_w64_eval.safetensors", 0);
 }
 static void imagenet_w16_training_step_matches_pytorch(void) {
-    torch_compare("resnet_imagenet_w16_train.safetensors");
+    torch_compare("resnet_imagenet_w16_train.safetensors", 0);
 }
 static void imagenet_w16_evaluation_gradients_match_pytorch(void) {
-    torch_compare("resnet_imagenet_w16_eval.safetensors");
+    torch_compare("resnet_imagenet_w16_eval.safetensors", 0);
 }
 static void imagenet_w64_training_step_matches_pytorch(void) {
-    torch_compare("resnet_imagenet_w64_train.safetensors");
+    torch_compare("resnet_imagenet_w64_train.safetensors", 0);
 }
 static void imagenet_w64_evaluation_gradients_match_pytorch(void) {
-    torch_compare("resnet_imagenet_w64_eval.safetensors");
+    torch_compare("resnet_imagenet_w64_eval.safetensors", 0);
+}
+/* With Winograd's 3x3 layers (dtnh_resnet_config.winograd), within the same tolerances. */
+static void cifar_w16_training_step_with_winograd_matches_pytorch(void) {
+    torch_compare("resnet_cifar_w16_train.safetensors", 1);
+}
+static void cifar_w64_training_step_with_winograd_matches_pytorch(void) {
+    torch_compare("resnet_cifar_w64_train.safetensors", 1);
 }
 
 /* A checkpoint PyTorch wrote (through tools/export_torchvision.py) configures the network from
@@ -307,5 +315,7 @@ void suite_torch(void) {
     RUN(imagenet_w16_evaluation_gradients_match_pytorch);
     RUN(imagenet_w64_training_step_matches_pytorch);
     RUN(imagenet_w64_evaluation_gradients_match_pytorch);
+    RUN(cifar_w16_training_step_with_winograd_matches_pytorch);
+    RUN(cifar_w64_training_step_with_winograd_matches_pytorch);
     RUN(pytorch_checkpoint_loads_and_predicts_as_in_pytorch);
 }
