@@ -3045,14 +3045,15 @@ static void dtnh__wino_from_lanes(const float *src, int ow, int h, int w, const 
    images at a time (a group: its V and M stay in L2). */
 typedef struct dtnh__wino {
     int P, Q, h, w, th, tw, imgs, rows; /* rows: a group's tiles rounded up to DTNH__WINO_ROWS */
-    size_t vplane, mplane;              /* floats between frequencies in V and M */
+    size_t uplane, vplane, mplane;      /* floats between frequencies in U, V and M */
     size_t u_floats, thread_floats;     /* U (shared), and each thread's V, M and two stagings */
 } dtnh__wino;
 
 #define DTNH__WINO_ROWS 8        /* a group's tiles are rounded up to it (the GEMM's tail) */
-#define DTNH__WINO_GROUP 524288  /* bytes of V and M a group aims at */
+#define DTNH__WINO_GROUP 524288      /* bytes of V and M a forward group aims at (L2) */
+#define DTNH__WINO_DW_GROUP 2097152  /* backward-weights: fewer, longer sums into dU */
 
-static void dtnh__wino_make(int P, int Q, int h, int w, int n, dtnh__wino *W) {
+static void dtnh__wino_make(int P, int Q, int h, int w, int n, size_t group_bytes, dtnh__wino *W) {
     int tpi, fit;
     W->P = P;
     W->Q = Q;
@@ -3061,12 +3062,14 @@ static void dtnh__wino_make(int P, int Q, int h, int w, int n, dtnh__wino *W) {
     W->th = (h + 3) / 4;
     W->tw = (w + 3) / 4;
     tpi = W->th * W->tw;
-    fit = (int)(DTNH__WINO_GROUP / (36 * sizeof(float) * (size_t)(P + Q)));
+    fit = (int)(group_bytes / (36 * sizeof(float) * (size_t)(P + Q)));
     W->imgs = dtnh__kmin(n, fit / tpi < 1 ? 1 : fit / tpi);
     W->rows = dtnh__kround_up(W->imgs * tpi, DTNH__WINO_ROWS);
     W->vplane = (size_t)W->rows * (size_t)P + 16; /* 64 bytes more: frequencies not 4 KiB apart */
     W->mplane = (size_t)W->rows * (size_t)Q + 16;
-    W->u_floats = (size_t)36 * (size_t)P * (size_t)Q;
+    W->uplane = (size_t)P * (size_t)Q + 16; /* likewise: at 128 channels, 36 stores 64 KiB apart
+                                               shared an L1 set (U took 340 us, now 48) */
+    W->u_floats = 36 * W->uplane;
     W->thread_floats = 36 * (W->vplane + W->mplane) + (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)(4 * W->tw + 2) +
                        (size_t)16 * (size_t)(16 * tpi);
 }
@@ -3093,7 +3096,8 @@ static void dtnh__wino_weights(const dtnh__wino *W, const float *w, int flipped,
             for (j = 0; j < 6; j++) {
                 for (i = 0; i < 3; i++) col[i] = t[i][j];
                 dtnh__wino_g(col, o);
-                for (i = 0; i < 6; i++) dtnh__f16_store(u + ((size_t)(i * 6 + j) * P + (size_t)p) * Q + (size_t)q0, o[i]);
+                for (i = 0; i < 6; i++)
+                    dtnh__f16_store(u + (size_t)(i * 6 + j) * W->uplane + (size_t)p * Q + (size_t)q0, o[i]);
             }
         }
     }
@@ -3103,14 +3107,16 @@ static void dtnh__wino_weights(const dtnh__wino *W, const float *w, int flipped,
    named one by one so that they stay in registers (arrays of them were kept in memory). */
 #define DTNH__WZ1(r) __m512 c##r##0 = _mm512_setzero_ps()
 #define DTNH__WZ2(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = c##r##0
+#define DTNH__WC1(r) __m512 c##r##0 = _mm512_loadu_ps(m + (size_t)(r) * (size_t)ldm)
+#define DTNH__WC2(r) DTNH__WC1(r), c##r##1 = _mm512_loadu_ps(m + (size_t)(r) * (size_t)ldm + 16)
 #define DTNH__WF1(r)                                                                               \
     do {                                                                                           \
-        __m512 a_ = _mm512_set1_ps(v[(size_t)(r) * (size_t)ldv + (size_t)k]);                      \
+        __m512 a_ = _mm512_set1_ps(DTNH__WA(r));                                                   \
         c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);                                                \
     } while (0)
 #define DTNH__WF2(r)                                                                               \
     do {                                                                                           \
-        __m512 a_ = _mm512_set1_ps(v[(size_t)(r) * (size_t)ldv + (size_t)k]);                      \
+        __m512 a_ = _mm512_set1_ps(DTNH__WA(r));                                                   \
         c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);                                                \
         c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);                                                \
     } while (0)
@@ -3121,6 +3127,7 @@ static void dtnh__wino_weights(const dtnh__wino *W, const float *w, int flipped,
 
 #define DTNH__W4(X) X(0); X(1); X(2); X(3)
 #define DTNH__W8(X) DTNH__W4(X); X(4); X(5); X(6); X(7)
+#define DTNH__W16(X) DTNH__W8(X); X(8); X(9); X(10); X(11); X(12); X(13); X(14); X(15)
 #define DTNH__WINO_MM(name, ROWS, Z, F, S, LOAD)                                                    \
     static void name(int kn, const float *DTNH__RESTRICT v, int ldv, const float *DTNH__RESTRICT u, \
                      int ldu, float *DTNH__RESTRICT m, int ldm) {                                  \
@@ -3135,17 +3142,28 @@ static void dtnh__wino_weights(const dtnh__wino *W, const float *w, int flipped,
     }
 #define DTNH__WL1 __m512 b0 = _mm512_loadu_ps(b_)
 #define DTNH__WL2 __m512 b0 = _mm512_loadu_ps(b_), b1 = _mm512_loadu_ps(b_ + 16)
+/* The forward's: row r of A is v's row r; C is overwritten. */
+#define DTNH__WA(r) v[(size_t)(r) * (size_t)ldv + (size_t)k]
 DTNH__WINO_MM(dtnh__wino_mm24x16, DTNH__W24, DTNH__WZ1, DTNH__WF1, DTNH__WS1, DTNH__WL1)
 DTNH__WINO_MM(dtnh__wino_mm8x16, DTNH__W8, DTNH__WZ1, DTNH__WF1, DTNH__WS1, DTNH__WL1)
 DTNH__WINO_MM(dtnh__wino_mm12x32, DTNH__W12, DTNH__WZ2, DTNH__WF2, DTNH__WS2, DTNH__WL2)
 DTNH__WINO_MM(dtnh__wino_mm4x32, DTNH__W4, DTNH__WZ2, DTNH__WF2, DTNH__WS2, DTNH__WL2)
+#undef DTNH__WA
+/* Backward-weights': A is v transposed (row r is column r of v), and C is added to. */
+#define DTNH__WA(r) v[(size_t)k * (size_t)ldv + (size_t)(r)]
+DTNH__WINO_MM(dtnh__wino_tn16x16, DTNH__W16, DTNH__WC1, DTNH__WF1, DTNH__WS1, DTNH__WL1)
+DTNH__WINO_MM(dtnh__wino_tn8x32, DTNH__W8, DTNH__WC2, DTNH__WF2, DTNH__WS2, DTNH__WL2)
+#undef DTNH__WA
 #undef DTNH__WINO_MM
 #undef DTNH__WL1
 #undef DTNH__WL2
 #undef DTNH__W4
 #undef DTNH__W8
+#undef DTNH__W16
 #undef DTNH__WZ1
 #undef DTNH__WZ2
+#undef DTNH__WC1
+#undef DTNH__WC2
 #undef DTNH__WF1
 #undef DTNH__WF2
 #undef DTNH__WS1
@@ -3189,7 +3207,7 @@ static void dtnh__wino_group(const dtnh__wino *W, const float *x, const float *u
                                    v + (size_t)((img - i0) * tpi + t) * W->P + (size_t)cb, W->vplane);
         }
     for (xi = 0; xi < 36; xi++)
-        dtnh__wino_gemm(W, rows, v + (size_t)xi * W->vplane, u + (size_t)xi * W->P * W->Q, m + (size_t)xi * W->mplane);
+        dtnh__wino_gemm(W, rows, v + (size_t)xi * W->vplane, u + (size_t)xi * W->uplane, m + (size_t)xi * W->mplane);
     for (img = i0; img < i1; img++)
         for (cb = 0; cb < W->Q; cb += 16) {
             for (t = 0; t < tpi; t++)
@@ -3221,6 +3239,150 @@ static void dtnh__wino_run(const dtnh__wino *W, int n, const float *x, const flo
             dtnh__wino_group(W, x, base, bias, y, add, g * W->imgs, dtnh__kmin(n, (g + 1) * W->imgs), buf);
     }
 }
+
+/* ---- Winograd backward-weights -------------------------------------------------------------
+   The forward's adjoint: dU[xi][co][ci] = sum over tiles of Z[xi][co] V[xi][ci], with V the
+   forward's input frequencies and Z = A dY A^T the tile's 4x4 output gradients taken to the 36
+   frequencies; then dW = G^T dU G. Groups of images run in order; in each, the threads first
+   transform their share of the images, then each adds the products of its own frequencies:
+   every sum runs in the same order for any thread count. */
+
+/* o = A y: four output gradients to six frequencies (A is A^T's transpose). */
+static void dtnh__wino_a(const dtnh__f16 *y, dtnh__f16 *o) {
+    dtnh__f16 even = dtnh__f16_add(y[0], y[2]), odd = dtnh__f16_add(y[1], y[3]);
+    dtnh__f16 even4 = dtnh__f16_fma(y[2], 4.0f, y[0]), odd4 = dtnh__f16_fma(y[3], 4.0f, y[1]);
+    o[0] = y[0];
+    o[1] = dtnh__f16_add(even, odd);
+    o[2] = dtnh__f16_sub(even, odd);
+    o[3] = dtnh__f16_fma(odd4, 2.0f, even4); /* y0 + 2 y1 + 4 y2 + 8 y3 */
+    o[4] = dtnh__f16_fma(odd4, -2.0f, even4);
+    o[5] = y[3];
+}
+
+/* o = G^T u: six frequencies to three taps. */
+static void dtnh__wino_gt(const dtnh__f16 *u, dtnh__f16 *o) {
+    dtnh__f16 s = dtnh__f16_add(u[1], u[2]), d = dtnh__f16_sub(u[1], u[2]);
+    dtnh__f16 s2 = dtnh__f16_add(u[3], u[4]), d2 = dtnh__f16_sub(u[3], u[4]);
+    o[0] = dtnh__f16_fma(u[0], 0.25f, dtnh__f16_fma(s2, 1.0f / 24.0f, dtnh__f16_scale(s, -1.0f / 6.0f)));
+    o[1] = dtnh__f16_fma(d2, 1.0f / 12.0f, dtnh__f16_scale(d, -1.0f / 6.0f));
+    o[2] = dtnh__f16_fma(dtnh__f16_sub(s2, s), 1.0f / 6.0f, u[5]);
+}
+
+/* Z of one tile: the 4x4 gradients of 16 channels at src (16-channel pixels, rows pw apart)
+   to the 36 frequencies at z + xi * zplane. */
+static void dtnh__wino_grad_tile(const float *src, int pw, float *z, size_t zplane) {
+    dtnh__f16 d[4], t[4][6], o[6];
+    int i, j;
+    for (i = 0; i < 4; i++) {
+        for (j = 0; j < 4; j++) d[j] = dtnh__f16_load(src + ((size_t)i * (size_t)pw + (size_t)j) * 16);
+        dtnh__wino_a(d, t[i]);
+    }
+    for (j = 0; j < 6; j++) {
+        for (i = 0; i < 4; i++) d[i] = t[i][j];
+        dtnh__wino_a(d, o);
+        for (i = 0; i < 6; i++) dtnh__f16_store(z + (size_t)(i * 6 + j) * zplane, o[i]);
+    }
+}
+
+/* Bytes: dU, one group's V and Z (shared), and each thread's two stagings. */
+static size_t dtnh__wino_stage_floats(const dtnh__wino *W) {
+    return (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)(4 * W->tw + 2);
+}
+static size_t dtnh__wino_dw_bytes(const dtnh__wino *W, int threads) {
+    size_t shared = W->u_floats + 36 * (W->vplane + W->mplane);
+    return 64 + sizeof(float) * (shared + (size_t)(threads < 1 ? 1 : threads) * 2 * dtnh__wino_stage_floats(W));
+}
+
+/* V and Z of image img (the group's img0-th), staged through xs and ys. */
+static void dtnh__wino_dw_image(const dtnh__wino *W, const float *x, const float *dy, int img, int img0,
+                                float *v, float *z, float *xs, float *ys) {
+    int tpi = W->th * W->tw, pw = 4 * W->tw + 2, cb, t;
+    size_t plane = (size_t)W->h * (size_t)W->w;
+    for (cb = 0; cb < W->P; cb += 16) {
+        dtnh__wino_to_lanes(x + ((size_t)img * W->P + (size_t)cb) * plane, plane, W->h, W->w, pw, xs);
+        for (t = 0; t < tpi; t++)
+            dtnh__wino_in_tile(xs + ((size_t)(4 * (t / W->tw)) * pw + (size_t)(4 * (t % W->tw))) * 16, pw,
+                               v + (size_t)(img0 * tpi + t) * W->P + (size_t)cb, W->vplane);
+    }
+    for (cb = 0; cb < W->Q; cb += 16) { /* staged like x: tile (ty, tx) starts at (4 ty + 1, 4 tx + 1) */
+        dtnh__wino_to_lanes(dy + ((size_t)img * W->Q + (size_t)cb) * plane, plane, W->h, W->w, pw, ys);
+        for (t = 0; t < tpi; t++)
+            dtnh__wino_grad_tile(ys + ((size_t)(4 * (t / W->tw) + 1) * pw + (size_t)(4 * (t % W->tw) + 1)) * 16, pw,
+                                 z + (size_t)(img0 * tpi + t) * W->Q + (size_t)cb, W->mplane);
+    }
+}
+
+/* du[co][ci] += sum over `tiles` of z[t][co] v[t][ci], one frequency. */
+static void dtnh__wino_dgemm(const dtnh__wino *W, int tiles, const float *z, const float *v, float *du) {
+    int P = W->P, Q = W->Q, co, ci;
+    if (P % 32 == 0) {
+        for (co = 0; co < Q; co += 8)
+            for (ci = 0; ci < P; ci += 32) dtnh__wino_tn8x32(tiles, z + co, Q, v + ci, P, du + (size_t)co * P + ci, P);
+    } else {
+        for (co = 0; co < Q; co += 16)
+            for (ci = 0; ci < P; ci += 16) dtnh__wino_tn16x16(tiles, z + co, Q, v + ci, P, du + (size_t)co * P + ci, P);
+    }
+}
+
+/* dw (+)= G^T dU G for output channel co. */
+static void dtnh__wino_dw_out(const dtnh__wino *W, const float *du, float *dw, int accumulate, int co) {
+    int P = W->P, ci, a, b, k, l;
+    for (ci = 0; ci < P; ci += 16) {
+        dtnh__f16 d[6], t[6][3], o[3];
+        float taps[9 * 16];
+        for (a = 0; a < 6; a++) {
+            for (b = 0; b < 6; b++) d[b] = dtnh__f16_load(du + (size_t)(a * 6 + b) * W->uplane + (size_t)co * P + (size_t)ci);
+            dtnh__wino_gt(d, t[a]);
+        }
+        for (b = 0; b < 3; b++) {
+            for (a = 0; a < 6; a++) d[a] = t[a][b];
+            dtnh__wino_gt(d, o);
+            for (a = 0; a < 3; a++) dtnh__f16_store(taps + (a * 3 + b) * 16, o[a]);
+        }
+        for (l = 0; l < 16; l++)
+            for (k = 0; k < 9; k++) {
+                float *o_ = dw + ((size_t)co * P + (size_t)(ci + l)) * 9 + (size_t)k;
+                *o_ = accumulate ? *o_ + taps[k * 16 + l] : taps[k * 16 + l];
+            }
+    }
+}
+
+static void dtnh__wino_backward_weights(const dtnh_conv_geom *g, const float *x, const float *dy, float *dw,
+                                        int accumulate, const dtnh_work *work) {
+    dtnh__wino W;
+    float *du, *v, *z, *stage;
+    int groups, T = dtnh__kmin(work->threads, dtnh_threads()), co;
+    size_t sf;
+    dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, DTNH__WINO_DW_GROUP, &W);
+    sf = dtnh__wino_stage_floats(&W);
+    DTNH_ASSERT(work->buf && work->bytes >= dtnh__wino_dw_bytes(&W, 1));
+    while (T > 1 && dtnh__wino_dw_bytes(&W, T) > work->bytes) T--;
+    groups = (g->n + W.imgs - 1) / W.imgs;
+    du = (float *)(((uintptr_t)work->buf + 63) / 64 * 64);
+    v = du + W.u_floats;
+    z = v + 36 * W.vplane;
+    stage = z + 36 * W.mplane;
+    memset(du, 0, W.u_floats * sizeof(float));
+    DTNH__OMP(parallel num_threads(T) if (T > 1))
+    {
+        int t = dtnh__omp_thread(), nt = dtnh__omp_team(), xlo, xhi, gi, xi;
+        float *xs = stage + (size_t)t * 2 * sf, *ys = xs + sf;
+        memset(xs, 0, 2 * sf * sizeof(float)); /* the zero borders */
+        dtnh__share(36, 1, t, nt, &xlo, &xhi);
+        for (gi = 0; gi < groups; gi++) {
+            int i0 = gi * W.imgs, i1 = dtnh__kmin(g->n, i0 + W.imgs), lo, hi, img;
+            dtnh__share(i1 - i0, 1, t, nt, &lo, &hi);
+            for (img = i0 + lo; img < i0 + hi; img++) dtnh__wino_dw_image(&W, x, dy, img, img - i0, v, z, xs, ys);
+            DTNH__OMP(barrier)
+            for (xi = xlo; xi < xhi; xi++)
+                dtnh__wino_dgemm(&W, (i1 - i0) * W.th * W.tw, z + (size_t)xi * W.mplane, v + (size_t)xi * W.vplane,
+                                 du + (size_t)xi * W.uplane);
+            DTNH__OMP(barrier)
+        }
+    }
+    DTNH__OMP(parallel for num_threads(T) if (T > 1))
+    for (co = 0; co < g->c_out; co++) dtnh__wino_dw_out(&W, du, dw, accumulate, co);
+}
 #endif
 
 DTNHDEF size_t dtnh_conv_work_bytes(const dtnh_conv_geom *g, int threads) {
@@ -3232,9 +3394,11 @@ DTNHDEF size_t dtnh_conv_work_bytes(const dtnh_conv_geom *g, int threads) {
     most = dtnh__work_total(most, threads);
 #if defined(DTNH__AVX512)
     if (dtnh__wino_ok(g)) {
-        dtnh__wino forward, backward;
-        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, &forward);
-        dtnh__wino_make(g->c_out, g->c_in, g->h, g->w, g->n, &backward);
+        dtnh__wino forward, backward, weights;
+        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, DTNH__WINO_GROUP, &forward);
+        dtnh__wino_make(g->c_out, g->c_in, g->h, g->w, g->n, DTNH__WINO_GROUP, &backward);
+        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, DTNH__WINO_DW_GROUP, &weights);
+        if (dtnh__wino_dw_bytes(&weights, threads) > most) most = dtnh__wino_dw_bytes(&weights, threads);
         if (dtnh__wino_bytes(&forward, threads) > most) most = dtnh__wino_bytes(&forward, threads);
         if (dtnh__wino_bytes(&backward, threads) > most) most = dtnh__wino_bytes(&backward, threads);
     }
@@ -3258,7 +3422,7 @@ DTNHDEF void dtnh_conv2d_forward(const dtnh_conv_geom *g, const float *x, const 
 #if defined(DTNH__AVX512)
     if (dtnh__wino_ok(g)) {
         dtnh__wino W;
-        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, &W);
+        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, DTNH__WINO_GROUP, &W);
         dtnh__wino_run(&W, g->n, x, w, 0, bias, y, 0, work);
         return;
     }
@@ -3290,7 +3454,11 @@ DTNHDEF void dtnh_conv2d_backward_weights(const dtnh_conv_geom *g, const float *
     G.a = dtnh__view_conv(DTNH__IM2COL, x, &f);
     G.b = dtnh__view_folded(DTNH__FOLDED_T, dy, g->c_out, ohw);
     G.c = dtnh__view_plain(DTNH__COLS, dw, (size_t)G.M);
-    dtnh__gemm_run(&G, work);
+#if defined(DTNH__AVX512)
+    if (dtnh__wino_ok(g)) dtnh__wino_backward_weights(g, x, dy, dw, accumulate, work);
+    else
+#endif
+        dtnh__gemm_run(&G, work);
     if (!dbias) return;
     DTNH__OMP(parallel for schedule(static) if ((double)g->c_out * G.K > DTNH__PAR_MADDS))
     for (co = 0; co < g->c_out; co++) {
@@ -3435,7 +3603,7 @@ static void dtnh__backward_data(const dtnh_conv_geom *g, const float *dy, const 
 #if defined(DTNH__AVX512)
     if (dtnh__wino_ok(g)) {
         dtnh__wino W;
-        dtnh__wino_make(g->c_out, g->c_in, g->h, g->w, g->n, &W);
+        dtnh__wino_make(g->c_out, g->c_in, g->h, g->w, g->n, DTNH__WINO_GROUP, &W);
         dtnh__wino_run(&W, g->n, dy, w, 1, NULL, dx, add, work);
         return;
     }

@@ -130,13 +130,16 @@ static void ref_triple(void *vc, size_t yi, size_t xi, size_t wi) {
 
 static double *zeros(size_t n) { return (double *)calloc(n ? n : 1, sizeof(double)); }
 
-/* |got - ref| <= 1.2e-7 * (terms + 4) * bound, the float accumulation bound with margin.
-   (Winograd's results, whose transforms scale terms before adding them, reach 0.16 of it.) */
+/* |got - ref| <= slack * 1.2e-7 * (terms + 4) * bound: with slack 1, the float accumulation
+   bound with margin. Winograd's transforms scale terms by up to 8 (and 1/24) before adding
+   them: its results reached 0.16 of that bound in forward and backward-data, 1.5 in
+   backward-weights over few pixels (a 4x4 image, batch 2), so it gets slack 16. */
+#define WINOGRAD_SLACK 16.0
 static int close_all(const float *got, const double *ref, const double *bound, size_t n,
-                     size_t terms, size_t *bad) {
+                     size_t terms, double slack, size_t *bad) {
     size_t i;
     for (i = 0; i < n; i++)
-        if (!(fabs(got[i] - ref[i]) <= 1.2e-7 * (double)(terms + 4) * bound[i] + 1e-30)) {
+        if (!(fabs(got[i] - ref[i]) <= slack * 1.2e-7 * (double)(terms + 4) * bound[i] + 1e-30)) {
             *bad = i;
             return 0;
         }
@@ -155,6 +158,7 @@ static int conv_case_ok(const dtnh_conv_geom *g, dtnh_rng *r, char *msg, size_t 
     ref_ctx c;
     dtnh_work work;
     void *mem = bytes ? work_of(&work, bytes, threads) : conv_work(&work, g, threads);
+    double slack = g->winograd ? WINOGRAD_SLACK : 1.0;
     int ok = 1;
     conv_set_threads(threads);
     c.x = x; c.w = w; c.dy = dy;
@@ -167,13 +171,13 @@ static int conv_case_ok(const dtnh_conv_geom *g, dtnh_rng *r, char *msg, size_t 
         dbref[(i / ((size_t)g->oh * g->ow)) % g->c_out] += dy[i];
     }
     dtnh_conv2d_forward(g, x, w, bias, y, &work);
-    if (ok && !close_all(y, c.y, c.ybound, ny, kk + 1, &bad))
+    if (ok && !close_all(y, c.y, c.ybound, ny, kk + 1, slack, &bad))
         ok = 0, sprintf(msg, "forward y[%zu] = %.9g, expected %.9g", bad, y[bad], c.y[bad]);
     dtnh_conv2d_backward_data(g, dy, w, dx, &work);
-    if (ok && !close_all(dx, c.dx, c.dxbound, nx, (size_t)g->c_out * g->kh * g->kw, &bad))
+    if (ok && !close_all(dx, c.dx, c.dxbound, nx, (size_t)g->c_out * g->kh * g->kw, slack, &bad))
         ok = 0, sprintf(msg, "backward_data dx[%zu] = %.9g, expected %.9g", bad, dx[bad], c.dx[bad]);
     dtnh_conv2d_backward_weights(g, x, dy, dw, db, 0, &work);
-    if (ok && !close_all(dw, c.dw, c.dwbound, nw, nohw, &bad))
+    if (ok && !close_all(dw, c.dw, c.dwbound, nw, nohw, slack, &bad))
         ok = 0, sprintf(msg, "backward_weights dw[%zu] = %.9g, expected %.9g", bad, dw[bad], c.dw[bad]);
     for (i = 0; ok && i < (size_t)g->c_out; i++)
         if (!(fabs(db[i] - dbref[i]) <= 1.2e-7 * (double)(nohw + 4) * (double)nohw))
@@ -337,7 +341,7 @@ static void conv_backward_data_add_adds_the_gradient(void) {
 
 /* Winograd F(4x4, 3x3) (opt-in, AVX-512 builds): 3x3 stride-1 pad-1 layers with channels in
    multiples of 16, sizes that are and are not multiples of the 4x4 tile, one and two threads,
-   the exact work size; backward-weights stays direct. */
+   the exact work size. */
 static const int wino_geoms[][9] = {
     {2, 16, 8, 8, 32, 3, 3, 1, 1},  {1, 32, 5, 7, 16, 3, 3, 1, 1}, {3, 16, 1, 1, 16, 3, 3, 1, 1},
     {2, 48, 9, 6, 16, 3, 3, 1, 1},  {1, 16, 13, 10, 48, 3, 3, 1, 1}, {2, 64, 4, 4, 64, 3, 3, 1, 1},
@@ -358,19 +362,32 @@ static void conv_winograd_matches_reference_loops(void) {
 }
 
 /* The flag changes the arithmetic only where Winograd applies (and only with AVX-512), gives
-   the same bits for one and two threads, and backward_data_add adds. */
+   the same bits for one and two threads, and the adding forms add. */
+enum { WO_Y, WO_DX, WO_DX_ADD, WO_DW, WO_DW_ADD, WO_COUNT };
+static void winograd_outputs(const dtnh_conv_geom *g, const float *x, const float *w, const float *dy,
+                             const float *dx0, const float *dw0, float **out, const dtnh_work *work) {
+    memcpy(out[WO_DX_ADD], dx0, x_count(g) * sizeof(float));
+    memcpy(out[WO_DW_ADD], dw0, w_count(g) * sizeof(float));
+    dtnh_conv2d_forward(g, x, w, NULL, out[WO_Y], work);
+    dtnh_conv2d_backward_data(g, dy, w, out[WO_DX], work);
+    dtnh_conv2d_backward_data_add(g, dy, w, out[WO_DX_ADD], work);
+    dtnh_conv2d_backward_weights(g, x, dy, out[WO_DW], NULL, 0, work);
+    dtnh_conv2d_backward_weights(g, x, dy, out[WO_DW_ADD], NULL, 1, work);
+}
+
 static void conv_winograd_is_opt_in_and_thread_independent(void) {
     static const int p[][9] = {{2, 16, 9, 11, 32, 3, 3, 1, 1}, {2, 32, 6, 6, 16, 3, 3, 1, 1},
                                {2, 16, 9, 9, 32, 3, 3, 2, 1},  {2, 16, 9, 9, 32, 3, 3, 1, 0},
                                {2, 24, 8, 8, 16, 3, 3, 1, 1},  {2, 16, 8, 8, 16, 1, 1, 1, 0}};
     dtnh_rng r;
-    size_t s, i, k;
+    size_t s, i, k, o;
     dtnh_rng_seed(&r, 22);
     for (s = 0; s < sizeof p / sizeof p[0]; s++) {
         dtnh_conv_geom g, gw;
-        dtnh_work w0, w1, w2;
-        float *x, *w, *dy, *base, *out[3][3]; /* [direct, Winograd 1 thread, 2 threads][y, dx, dx added] */
-        void *m0, *m1, *m2;
+        dtnh_work wk[3]; /* direct; Winograd with 1 and 2 threads */
+        float *x, *w, *dy, *dx0, *dw0, *out[3][WO_COUNT];
+        size_t size[WO_COUNT];
+        void *mem[3];
         int applies;
         CHECK(geom_from(&g, p[s]));
         gw = g;
@@ -380,35 +397,36 @@ static void conv_winograd_is_opt_in_and_thread_independent(void) {
 #else
         applies = 0;
 #endif
+        size[WO_Y] = y_count(&g);
+        size[WO_DX] = size[WO_DX_ADD] = x_count(&g);
+        size[WO_DW] = size[WO_DW_ADD] = w_count(&g);
         x = rnd(x_count(&g), &r); w = rnd(w_count(&g), &r); dy = rnd(y_count(&g), &r);
-        base = rnd(x_count(&g), &r);
-        m0 = conv_work(&w0, &g, 1);
-        m1 = conv_work(&w1, &gw, 1);
-        m2 = conv_work(&w2, &gw, 2);
+        dx0 = rnd(x_count(&g), &r); dw0 = rnd(w_count(&g), &r);
         for (k = 0; k < 3; k++) {
-            dtnh_work *wk = k == 0 ? &w0 : k == 1 ? &w1 : &w2;
-            const dtnh_conv_geom *gk = k == 0 ? &g : &gw;
-            out[k][0] = rnd(y_count(&g), &r); out[k][1] = rnd(x_count(&g), &r); out[k][2] = rnd(x_count(&g), &r);
-            memcpy(out[k][2], base, x_count(&g) * sizeof(float));
+            mem[k] = conv_work(&wk[k], k ? &gw : &g, k == 2 ? 2 : 1);
+            for (o = 0; o < WO_COUNT; o++) out[k][o] = rnd(size[o], &r);
             conv_set_threads(k == 2 ? 2 : 1);
-            dtnh_conv2d_forward(gk, x, w, NULL, out[k][0], wk);
-            dtnh_conv2d_backward_data(gk, dy, w, out[k][1], wk);
-            dtnh_conv2d_backward_data_add(gk, dy, w, out[k][2], wk);
+            winograd_outputs(k ? &gw : &g, x, w, dy, dx0, dw0, out[k], &wk[k]);
         }
         conv_set_threads(dtnh_threads());
-        CHECK_MSG((memcmp(out[0][0], out[1][0], y_count(&g) * sizeof(float)) != 0) == applies,
-                  "geometry %zu: the forward %s the direct one's bits", s, applies ? "keeps" : "changes");
-        CHECK_MSG((memcmp(out[0][1], out[1][1], x_count(&g) * sizeof(float)) != 0) == applies,
-                  "geometry %zu: backward-data %s the direct one's bits", s, applies ? "keeps" : "changes");
-        for (k = 0; k < 3; k++)
-            CHECK_MSG(memcmp(out[1][k], out[2][k], (k ? x_count(&g) : y_count(&g)) * sizeof(float)) == 0,
-                      "geometry %zu: output %zu differs between 1 and 2 threads", s, k);
+        for (o = 0; o < WO_COUNT; o++) {
+            CHECK_MSG((memcmp(out[0][o], out[1][o], size[o] * sizeof(float)) != 0) == applies,
+                      "geometry %zu, output %zu: Winograd %s the direct kernel's bits", s, o, applies ? "keeps" : "changes");
+            CHECK_MSG(memcmp(out[1][o], out[2][o], size[o] * sizeof(float)) == 0,
+                      "geometry %zu: output %zu differs between 1 and 2 threads", s, o);
+        }
         for (i = 0; i < x_count(&g); i++)
-            CHECK_MSG(fabs(out[1][2][i] - (base[i] + out[1][1][i])) <= 1e-6 * (1 + fabs(out[1][2][i])),
-                      "geometry %zu: dx[%zu] added is %.9g, expected %.9g + %.9g", s, i, out[1][2][i], base[i], out[1][1][i]);
-        CHECK(guard_intact(&w0) && guard_intact(&w1) && guard_intact(&w2));
-        for (k = 0; k < 3; k++) free(out[k][0]), free(out[k][1]), free(out[k][2]);
-        free(x); free(w); free(dy); free(base); free(m0); free(m1); free(m2);
+            CHECK_MSG(fabs(out[1][WO_DX_ADD][i] - (dx0[i] + out[1][WO_DX][i])) <= 1e-6 * (1 + fabs(out[1][WO_DX_ADD][i])),
+                      "geometry %zu: dx[%zu] added is %.9g, expected %.9g + %.9g", s, i, out[1][WO_DX_ADD][i], dx0[i], out[1][WO_DX][i]);
+        for (i = 0; i < w_count(&g); i++)
+            CHECK_MSG(fabs(out[1][WO_DW_ADD][i] - (dw0[i] + out[1][WO_DW][i])) <= 1e-6 * (1 + fabs(out[1][WO_DW_ADD][i])),
+                      "geometry %zu: dw[%zu] added is %.9g, expected %.9g + %.9g", s, i, out[1][WO_DW_ADD][i], dw0[i], out[1][WO_DW][i]);
+        for (k = 0; k < 3; k++) {
+            CHECK(guard_intact(&wk[k]));
+            for (o = 0; o < WO_COUNT; o++) free(out[k][o]);
+            free(mem[k]);
+        }
+        free(x); free(w); free(dy); free(dx0); free(dw0);
     }
 }
 
