@@ -3053,8 +3053,13 @@ typedef struct dtnh__wino {
 #define DTNH__WINO_GROUP 524288      /* bytes of V and M a forward group aims at (L2) */
 #define DTNH__WINO_DW_GROUP 2097152  /* backward-weights: fewer, longer sums into dU */
 
-static void dtnh__wino_make(int P, int Q, int h, int w, int n, size_t group_bytes, dtnh__wino *W) {
-    int tpi, fit;
+/* A group's V and M take about group_bytes, or U's size where U is larger (each group reads
+   all of U: 512 channels at 4x4 streamed 38 MB per group and ran slower than the direct
+   kernel); groups are at most n / threads images, so that each thread has one. */
+static void dtnh__wino_make(int P, int Q, int h, int w, int n, int threads, size_t group_bytes, dtnh__wino *W) {
+    int tpi, fit, share;
+    if (threads < 1) threads = 1;
+    share = (n + threads - 1) / threads;
     W->P = P;
     W->Q = Q;
     W->h = h;
@@ -3062,14 +3067,15 @@ static void dtnh__wino_make(int P, int Q, int h, int w, int n, size_t group_byte
     W->th = (h + 3) / 4;
     W->tw = (w + 3) / 4;
     tpi = W->th * W->tw;
-    fit = (int)(group_bytes / (36 * sizeof(float) * (size_t)(P + Q)));
-    W->imgs = dtnh__kmin(n, fit / tpi < 1 ? 1 : fit / tpi);
-    W->rows = dtnh__kround_up(W->imgs * tpi, DTNH__WINO_ROWS);
-    W->vplane = (size_t)W->rows * (size_t)P + 16; /* 64 bytes more: frequencies not 4 KiB apart */
-    W->mplane = (size_t)W->rows * (size_t)Q + 16;
-    W->uplane = (size_t)P * (size_t)Q + 16; /* likewise: at 128 channels, 36 stores 64 KiB apart
-                                               shared an L1 set (U took 340 us, now 48) */
+    W->uplane = (size_t)P * (size_t)Q + 16; /* 64 bytes more: at 128 channels, 36 stores 64 KiB
+                                               apart shared an L1 set (U took 340 us, now 48) */
     W->u_floats = 36 * W->uplane;
+    if (W->u_floats * sizeof(float) > group_bytes) group_bytes = W->u_floats * sizeof(float);
+    fit = (int)(group_bytes / (36 * sizeof(float) * (size_t)(P + Q)));
+    W->imgs = dtnh__kmin(share, fit / tpi < 1 ? 1 : fit / tpi);
+    W->rows = dtnh__kround_up(W->imgs * tpi, DTNH__WINO_ROWS);
+    W->vplane = (size_t)W->rows * (size_t)P + 16; /* likewise: frequencies not 4 KiB apart */
+    W->mplane = (size_t)W->rows * (size_t)Q + 16;
     W->thread_floats = 36 * (W->vplane + W->mplane) + (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)(4 * W->tw + 2) +
                        (size_t)16 * (size_t)(16 * tpi);
 }
@@ -3353,7 +3359,7 @@ static void dtnh__wino_backward_weights(const dtnh_conv_geom *g, const float *x,
     float *du, *v, *z, *stage;
     int groups, T = dtnh__kmin(work->threads, dtnh_threads()), co;
     size_t sf;
-    dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, DTNH__WINO_DW_GROUP, &W);
+    dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, 1, DTNH__WINO_DW_GROUP, &W);
     sf = dtnh__wino_stage_floats(&W);
     DTNH_ASSERT(work->buf && work->bytes >= dtnh__wino_dw_bytes(&W, 1));
     while (T > 1 && dtnh__wino_dw_bytes(&W, T) > work->bytes) T--;
@@ -3395,9 +3401,9 @@ DTNHDEF size_t dtnh_conv_work_bytes(const dtnh_conv_geom *g, int threads) {
 #if defined(DTNH__AVX512)
     if (dtnh__wino_ok(g)) {
         dtnh__wino forward, backward, weights;
-        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, DTNH__WINO_GROUP, &forward);
-        dtnh__wino_make(g->c_out, g->c_in, g->h, g->w, g->n, DTNH__WINO_GROUP, &backward);
-        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, DTNH__WINO_DW_GROUP, &weights);
+        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, threads, DTNH__WINO_GROUP, &forward);
+        dtnh__wino_make(g->c_out, g->c_in, g->h, g->w, g->n, threads, DTNH__WINO_GROUP, &backward);
+        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, 1, DTNH__WINO_DW_GROUP, &weights);
         if (dtnh__wino_dw_bytes(&weights, threads) > most) most = dtnh__wino_dw_bytes(&weights, threads);
         if (dtnh__wino_bytes(&forward, threads) > most) most = dtnh__wino_bytes(&forward, threads);
         if (dtnh__wino_bytes(&backward, threads) > most) most = dtnh__wino_bytes(&backward, threads);
@@ -3422,7 +3428,7 @@ DTNHDEF void dtnh_conv2d_forward(const dtnh_conv_geom *g, const float *x, const 
 #if defined(DTNH__AVX512)
     if (dtnh__wino_ok(g)) {
         dtnh__wino W;
-        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, DTNH__WINO_GROUP, &W);
+        dtnh__wino_make(g->c_in, g->c_out, g->h, g->w, g->n, work->threads, DTNH__WINO_GROUP, &W);
         dtnh__wino_run(&W, g->n, x, w, 0, bias, y, 0, work);
         return;
     }
@@ -3603,7 +3609,7 @@ static void dtnh__backward_data(const dtnh_conv_geom *g, const float *dy, const 
 #if defined(DTNH__AVX512)
     if (dtnh__wino_ok(g)) {
         dtnh__wino W;
-        dtnh__wino_make(g->c_out, g->c_in, g->h, g->w, g->n, DTNH__WINO_GROUP, &W);
+        dtnh__wino_make(g->c_out, g->c_in, g->h, g->w, g->n, work->threads, DTNH__WINO_GROUP, &W);
         dtnh__wino_run(&W, g->n, dy, w, 1, NULL, dx, add, work);
         return;
     }

@@ -16,7 +16,7 @@
           DTNH_BENCH_THREADS=list  thread counts to run, e.g. 2 or 1,4,8,16 (default: 1,2)
           DTNH_BENCH_PYTHON=path   the Python with torch (default /usr/bin/python3)
           DTNH_BENCH_WINOGRAD=keys configurations also run with dtnh_resnet_config.winograd = 1
-                                   ("dtnh W" lines; default c, "-" for none)
+                                   ("dtnh W" lines; default abc, "-" for none)
    Each configuration runs in a child process, so its peak RSS is its own. */
 #define _POSIX_C_SOURCE 200809L
 #define DTNH_IMPLEMENTATION
@@ -404,7 +404,10 @@ static void report(const bench_cfg *b, int threads, double peak, const result *r
                    const torch_result *t, int iters) {
     printf("%s, %d thread%s\n", b->name, threads, threads > 1 ? "s" : "");
     report_dtnh("dtnh", b, threads, peak, r, iters);
-    if (w) report_dtnh("dtnh W", b, threads, peak, w, iters);
+    if (w) {
+        report_dtnh("dtnh W", b, threads, peak, w, iters);
+        printf("         (its GFLOP/s count the direct convolution's multiply-adds: Winograd does fewer)\n");
+    }
     if (!t) return;
     if (!t->ok) {
         printf("  torch  FAILED\n");
@@ -441,7 +444,7 @@ int main(int argc, char **argv) {
     int n_counts = thread_counts(counts, 16);
     double peak[16];
     if (iters < 1) iters = 1;
-    if (!winograd) winograd = "c";
+    if (!winograd) winograd = "abc";
     printf("bench_resnet: FMA peak");
     for (i = 0; i < n_counts; i++) {
         peak[i] = run_isolated(NULL, counts[i], 0, 0).train_ips;

@@ -14,7 +14,7 @@
 typedef struct eval_opts {
     const char *weights, *data, *labels, *predictions, *mean, *std;
     cli_int_list classes;
-    int batch, threads, size, memory;
+    int batch, threads, size, memory, winograd;
 } eval_opts;
 
 typedef struct evaluator {
@@ -50,6 +50,7 @@ static int option_table(cli_option *o, eval_opts *v) {
     OPT("std", CLI_STRING, &v->std, 0, 0, "see --mean; default: the file's, else 0.5");
     OPT("batch", CLI_INT, &v->batch, 1, 4096, "images per forward");
     OPT("threads", CLI_INT, &v->threads, 0, 1024, "threads; 0: OpenMP's default");
+    OPT("winograd", CLI_FLAG, &v->winograd, 0, 0, "3x3 layers by Winograd F(4x4, 3x3) (AVX-512 builds): faster, results differ in the last bits");
     OPT("memory", CLI_INT, &v->memory, 0, 1e7, "refuse to run when the arenas need more than this many MiB; 0: no cap");
 #undef OPT
     return n;
@@ -82,6 +83,7 @@ static dtnh_status configure(evaluator *e, dtnh_error *err) {
     c->height = h;
     c->width_px = w;
     c->max_batch = e->o.batch;
+    c->winograd = e->o.winograd;
     c->train = DTNH_TRAIN_NONE;
     c->roles = DTNH_ROLE_W;
     memset(&e->aug, 0, sizeof e->aug);

@@ -206,6 +206,7 @@ static dtnh_status configure(trainer *t, dtnh_error *err) {
     c->height = o->size ? o->size : t->train.ds.height;
     c->width_px = o->size ? o->size : t->train.ds.width;
     c->max_batch = o->batch;
+    c->winograd = o->winograd;
     c->seed = (uint64_t)o->seed;
     c->roles = DTNH_ROLE_W | DTNH_ROLE_G_J;
     if (o->reg == REG_L2SP || is_fmap(o->reg)) c->roles |= DTNH_ROLE_W_SRC;

@@ -19,7 +19,8 @@ typedef struct train_opts {
     const char *checkpoint, *resume;
     cli_int_list classes, lr_step;
     int shots, val_shots, reg, dtnh, optim, iters, batch, freeze, threads, seed, save_dtype, width, stem,
-        in_channels, size, crop_pad, flip, eval_every, head_iters, memory, keep_head, checkpoint_every, test_rest, angles;
+        in_channels, size, crop_pad, flip, eval_every, head_iters, memory, keep_head, checkpoint_every, test_rest, angles,
+        winograd;
     float alpha, beta, lr, momentum, test_fraction;
 } train_opts;
 
@@ -53,6 +54,7 @@ static int train_option_table(cli_option *o, train_opts *v) {
     OPT("batch", CLI_INT, &v->batch, 2, 4096, NULL, "minibatch size (also the evaluation batch)");
     OPT("freeze", CLI_CHOICE, &v->freeze, 0, 0, "none|stem|layer1|layer2|layer3|backbone|kernels", "frozen up to and including this part (backbone: train the head only; kernels: train BN, biases and head)");
     OPT("threads", CLI_INT, &v->threads, 0, 1024, NULL, "threads; 0: OpenMP's default (OMP_NUM_THREADS)");
+    OPT("winograd", CLI_FLAG, &v->winograd, 0, 0, NULL, "3x3 layers by Winograd F(4x4, 3x3) (AVX-512 builds; ignored elsewhere): 1.6-2x faster steps, results that differ in the last bits");
     OPT("seed", CLI_INT, &v->seed, 0, 2147483647, NULL, "seed of the few-shot draw, the minibatches, augmentation and initialisation");
     OPT("save", CLI_STRING, &v->save, 0, 0, NULL, "write the trained weights here (safetensors, torchvision names)");
     OPT("save-dtype", CLI_CHOICE, &v->save_dtype, 0, 0, "f32|f16|bf16", "float type of --save");
