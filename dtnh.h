@@ -37,6 +37,13 @@
    OpenMP: compile with -fopenmp and the kernels run in parallel; results are bit-identical
    for any thread count, and without OpenMP.
 
+   FASTER 3x3 CONVOLUTIONS: set `winograd = 1` in a dtnh_conv_geom (dtnh_resnet_config has the
+   same field) and, in AVX-512 builds, 3x3 stride-1 pad-1 layers whose channel counts are
+   multiples of 16 run Winograd F(4x4, 3x3) in all three passes: 1.6-3.5x faster layers and
+   1.6-2.0x faster ResNet-18 training steps here, results within about 3e-5 of the largest
+   output of the direct kernel's (not the same bits), more work memory (dtnh_conv_work_bytes
+   says how much). Elsewhere the flag is ignored.
+
    EXAMPLE (the smallest use of the core: a DTNH step on two gradients)
       float w[3] = {1,2,3}, gj[3] = {1,0,0}, gom[3] = {-1,1,0}, d[3];
       dtnh_direction_stats st;
@@ -328,10 +335,11 @@ DTNHDEF dtnh_status dtnh_conv_geom_init(dtnh_conv_geom *g, int n, int c_in, int 
                                         dtnh_error *err);
 /* Bytes of work the three convolution calls below need with `threads` threads (the packing
    blocks only: no unfolded im2col matrix is ever built). The calls expect a geometry from
-   dtnh_conv_geom_init and work of at least dtnh_conv_work_bytes(g, work->threads). With
-   AVX-512, same-size stride-1 convolutions (ResNet's 3x3 layers) and, through the input's four
-   phases, stride-2 ones read their input directly instead of packing it, with the same bits
-   (tested against dtnh_im2col and dtnh_sgemm). */
+   dtnh_conv_geom_init (winograd set, when wanted, before the size is asked) and work of at
+   least dtnh_conv_work_bytes(g, work->threads). With AVX-512, same-size stride-1
+   convolutions (ResNet's 3x3 layers) and, through the input's four phases, stride-2 ones read
+   their input directly instead of packing it, with the same bits (tested against dtnh_im2col
+   and dtnh_sgemm). */
 DTNHDEF size_t dtnh_conv_work_bytes(const dtnh_conv_geom *g, int threads);
 
 /* y[n,c_out,oh,ow] = conv(x[n,c_in,h,w], w[c_out,c_in,kh,kw]) + bias (bias may be NULL). */
@@ -2914,10 +2922,12 @@ static void dtnh__conv_plans(const dtnh_conv_geom *g, dtnh__plan *fwd, dtnh__pla
    to a vector: an image's input planes are first turned into pixel-major rows of 16 channels
    (a 16x16 transpose), with a zero border; outputs come back the same way. Backward-data is
    the same pass over dY with the kernel rotated by 180 degrees and its two channel axes
-   swapped. The order of additions differs from the direct kernel's: results differ by about
-   1e-5 of the largest output, hence opt-in. Deterministic: each output is computed by one
-   thread, in the same order for any thread count. AVX-512 only for now: elsewhere the flag is
-   ignored (a portable version measured 0.5-0.9x the direct kernel with AVX2). */
+   swapped. The order of additions differs from the direct kernel's: results differ by up to
+   about 3e-5 of the largest output (bench_winograd), hence opt-in. Deterministic: each output
+   is computed by one thread, in the same order for any thread count. Forward and
+   backward-data split whole images between threads (a batch smaller than the thread count
+   leaves some idle). AVX-512 only for now: elsewhere the flag is ignored (a portable version
+   measured 0.5-0.9x the direct kernel with AVX2). */
 
 #if defined(DTNH__AVX512)
 static int dtnh__wino_ok(const dtnh_conv_geom *g) {
@@ -2926,85 +2936,85 @@ static int dtnh__wino_ok(const dtnh_conv_geom *g) {
 }
 
 /* Sixteen floats in a zmm register. */
-typedef __m512 dtnh__f16;
-static dtnh__f16 dtnh__f16_load(const float *p) { return _mm512_loadu_ps(p); }
-static void dtnh__f16_store(float *p, dtnh__f16 a) { _mm512_storeu_ps(p, a); }
-static dtnh__f16 dtnh__f16_add(dtnh__f16 a, dtnh__f16 b) { return _mm512_add_ps(a, b); }
-static dtnh__f16 dtnh__f16_sub(dtnh__f16 a, dtnh__f16 b) { return _mm512_sub_ps(a, b); }
-static dtnh__f16 dtnh__f16_fma(dtnh__f16 a, float s, dtnh__f16 b) { /* a * s + b */
+typedef __m512 dtnh__f32x16;
+static dtnh__f32x16 dtnh__f32x16_load(const float *p) { return _mm512_loadu_ps(p); }
+static void dtnh__f32x16_store(float *p, dtnh__f32x16 a) { _mm512_storeu_ps(p, a); }
+static dtnh__f32x16 dtnh__f32x16_add(dtnh__f32x16 a, dtnh__f32x16 b) { return _mm512_add_ps(a, b); }
+static dtnh__f32x16 dtnh__f32x16_sub(dtnh__f32x16 a, dtnh__f32x16 b) { return _mm512_sub_ps(a, b); }
+static dtnh__f32x16 dtnh__f32x16_fma(dtnh__f32x16 a, float s, dtnh__f32x16 b) { /* a * s + b */
     return _mm512_fmadd_ps(a, _mm512_set1_ps(s), b);
 }
-static dtnh__f16 dtnh__f16_scale(dtnh__f16 a, float s) { return _mm512_mul_ps(a, _mm512_set1_ps(s)); }
+static dtnh__f32x16 dtnh__f32x16_scale(dtnh__f32x16 a, float s) { return _mm512_mul_ps(a, _mm512_set1_ps(s)); }
 /* p[l * stride] for the 16 lanes */
-static dtnh__f16 dtnh__f16_strided(const float *p, int stride) {
+static dtnh__f32x16 dtnh__f32x16_strided(const float *p, int stride) {
     const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     /* the masked form: g++ warns on the plain one's undefined source */
     return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)0xFFFF, _mm512_mullo_epi32(iota, _mm512_set1_epi32(stride)), p, 4);
 }
 
 /* o = B^T d for six values (one row or column of a patch). */
-static void dtnh__wino_bt(const dtnh__f16 *d, dtnh__f16 *o) {
-    dtnh__f16 a = dtnh__f16_fma(d[2], -4.0f, d[4]), b = dtnh__f16_fma(d[1], -4.0f, d[3]);
-    dtnh__f16 c = dtnh__f16_sub(d[4], d[2]), e = dtnh__f16_scale(dtnh__f16_sub(d[3], d[1]), 2.0f);
-    o[0] = dtnh__f16_fma(d[0], 4.0f, dtnh__f16_fma(d[2], -5.0f, d[4]));
-    o[1] = dtnh__f16_add(a, b);
-    o[2] = dtnh__f16_sub(a, b);
-    o[3] = dtnh__f16_add(c, e);
-    o[4] = dtnh__f16_sub(c, e);
-    o[5] = dtnh__f16_fma(d[1], 4.0f, dtnh__f16_fma(d[3], -5.0f, d[5]));
+static void dtnh__wino_bt(const dtnh__f32x16 *d, dtnh__f32x16 *o) {
+    dtnh__f32x16 a = dtnh__f32x16_fma(d[2], -4.0f, d[4]), b = dtnh__f32x16_fma(d[1], -4.0f, d[3]);
+    dtnh__f32x16 c = dtnh__f32x16_sub(d[4], d[2]), e = dtnh__f32x16_scale(dtnh__f32x16_sub(d[3], d[1]), 2.0f);
+    o[0] = dtnh__f32x16_fma(d[0], 4.0f, dtnh__f32x16_fma(d[2], -5.0f, d[4]));
+    o[1] = dtnh__f32x16_add(a, b);
+    o[2] = dtnh__f32x16_sub(a, b);
+    o[3] = dtnh__f32x16_add(c, e);
+    o[4] = dtnh__f32x16_sub(c, e);
+    o[5] = dtnh__f32x16_fma(d[1], 4.0f, dtnh__f32x16_fma(d[3], -5.0f, d[5]));
 }
 
 /* o = A^T m: six frequencies to four outputs. */
-static void dtnh__wino_at(const dtnh__f16 *m, dtnh__f16 *o) {
-    dtnh__f16 p = dtnh__f16_add(m[1], m[2]), q = dtnh__f16_sub(m[1], m[2]);
-    dtnh__f16 r = dtnh__f16_add(m[3], m[4]), u = dtnh__f16_sub(m[3], m[4]);
-    o[0] = dtnh__f16_add(dtnh__f16_add(m[0], p), r);
-    o[1] = dtnh__f16_fma(u, 2.0f, q);
-    o[2] = dtnh__f16_fma(r, 4.0f, p);
-    o[3] = dtnh__f16_add(dtnh__f16_fma(u, 8.0f, q), m[5]);
+static void dtnh__wino_at(const dtnh__f32x16 *m, dtnh__f32x16 *o) {
+    dtnh__f32x16 p = dtnh__f32x16_add(m[1], m[2]), q = dtnh__f32x16_sub(m[1], m[2]);
+    dtnh__f32x16 r = dtnh__f32x16_add(m[3], m[4]), u = dtnh__f32x16_sub(m[3], m[4]);
+    o[0] = dtnh__f32x16_add(dtnh__f32x16_add(m[0], p), r);
+    o[1] = dtnh__f32x16_fma(u, 2.0f, q);
+    o[2] = dtnh__f32x16_fma(r, 4.0f, p);
+    o[3] = dtnh__f32x16_add(dtnh__f32x16_fma(u, 8.0f, q), m[5]);
 }
 
 /* o = G g: three kernel taps to six frequencies. */
-static void dtnh__wino_g(const dtnh__f16 *g, dtnh__f16 *o) {
-    dtnh__f16 even = dtnh__f16_add(g[0], g[2]);
-    dtnh__f16 q = dtnh__f16_fma(g[0], 0.25f, g[2]); /* g0 / 4 + g2: 6 (g0/24 + g2/6) */
-    o[0] = dtnh__f16_scale(g[0], 0.25f);
-    o[1] = dtnh__f16_scale(dtnh__f16_add(even, g[1]), -1.0f / 6.0f);
-    o[2] = dtnh__f16_scale(dtnh__f16_sub(even, g[1]), -1.0f / 6.0f);
-    o[3] = dtnh__f16_scale(dtnh__f16_fma(g[1], 0.5f, q), 1.0f / 6.0f);
-    o[4] = dtnh__f16_scale(dtnh__f16_fma(g[1], -0.5f, q), 1.0f / 6.0f);
+static void dtnh__wino_g(const dtnh__f32x16 *g, dtnh__f32x16 *o) {
+    dtnh__f32x16 even = dtnh__f32x16_add(g[0], g[2]);
+    dtnh__f32x16 q = dtnh__f32x16_fma(g[0], 0.25f, g[2]); /* g0 / 4 + g2: 6 (g0/24 + g2/6) */
+    o[0] = dtnh__f32x16_scale(g[0], 0.25f);
+    o[1] = dtnh__f32x16_scale(dtnh__f32x16_add(even, g[1]), -1.0f / 6.0f);
+    o[2] = dtnh__f32x16_scale(dtnh__f32x16_sub(even, g[1]), -1.0f / 6.0f);
+    o[3] = dtnh__f32x16_scale(dtnh__f32x16_fma(g[1], 0.5f, q), 1.0f / 6.0f);
+    o[4] = dtnh__f32x16_scale(dtnh__f32x16_fma(g[1], -0.5f, q), 1.0f / 6.0f);
     o[5] = g[2];
 }
 
 /* V of one tile: the 6x6 patch of 16-channel pixels at src (rows pw pixels apart) to the 36
    frequencies, frequency xi at v + xi * vplane. */
 static void dtnh__wino_in_tile(const float *src, int pw, float *v, size_t vplane) {
-    dtnh__f16 d[6], t[6][6], o[6];
+    dtnh__f32x16 d[6], t[6][6], o[6];
     int i, j;
     for (i = 0; i < 6; i++) {
-        for (j = 0; j < 6; j++) d[j] = dtnh__f16_load(src + ((size_t)i * (size_t)pw + (size_t)j) * 16);
+        for (j = 0; j < 6; j++) d[j] = dtnh__f32x16_load(src + ((size_t)i * (size_t)pw + (size_t)j) * 16);
         dtnh__wino_bt(d, t[i]);
     }
     for (j = 0; j < 6; j++) {
         for (i = 0; i < 6; i++) d[i] = t[i][j];
         dtnh__wino_bt(d, o);
-        for (i = 0; i < 6; i++) dtnh__f16_store(v + (size_t)(i * 6 + j) * vplane, o[i]);
+        for (i = 0; i < 6; i++) dtnh__f32x16_store(v + (size_t)(i * 6 + j) * vplane, o[i]);
     }
 }
 
 /* The 4x4 outputs of one tile for 16 channels, from the frequencies at m + xi * mplane, to
-   16-channel pixels at dst (rows ow pixels apart). */
-static void dtnh__wino_out_tile(const float *m, size_t mplane, float *dst, int ow) {
-    dtnh__f16 d[6], t[6][4], o[4];
+   16-channel pixels at dst (rows opw pixels apart). */
+static void dtnh__wino_out_tile(const float *m, size_t mplane, float *dst, int opw) {
+    dtnh__f32x16 d[6], t[6][4], o[4];
     int i, j;
     for (i = 0; i < 6; i++) {
-        for (j = 0; j < 6; j++) d[j] = dtnh__f16_load(m + (size_t)(i * 6 + j) * mplane);
+        for (j = 0; j < 6; j++) d[j] = dtnh__f32x16_load(m + (size_t)(i * 6 + j) * mplane);
         dtnh__wino_at(d, t[i]);
     }
     for (j = 0; j < 4; j++) {
         for (i = 0; i < 6; i++) d[i] = t[i][j];
         dtnh__wino_at(d, o);
-        for (i = 0; i < 4; i++) dtnh__f16_store(dst + ((size_t)i * (size_t)ow + (size_t)j) * 16, o[i]);
+        for (i = 0; i < 4; i++) dtnh__f32x16_store(dst + ((size_t)i * (size_t)opw + (size_t)j) * 16, o[i]);
     }
 }
 
@@ -3020,9 +3030,9 @@ static void dtnh__wino_to_lanes(const float *x, size_t plane, int h, int w, int 
         }
 }
 
-/* The reverse for the outputs: 16-channel pixel (y, x) at src[(y * ow + x) * 16] to 16 planes
-   of h x w at y_out, plus bias (16 values, or NULL), added to what they hold when add. */
-static void dtnh__wino_from_lanes(const float *src, int ow, int h, int w, const float *bias, int add,
+/* The reverse for the outputs: 16-channel pixel (y, x) at src[(y * opw + x) * 16] to 16 planes
+   of h x w at out, plus bias (16 values, or NULL), added to what they hold when add. */
+static void dtnh__wino_from_lanes(const float *src, int opw, int h, int w, const float *bias, int add,
                                   float *out, size_t plane) {
     int y, x0;
     float tmp[16 * 16];
@@ -3030,7 +3040,7 @@ static void dtnh__wino_from_lanes(const float *src, int ow, int h, int w, const 
         for (x0 = 0; x0 < w; x0 += 16) {
             int n = dtnh__kmin(16, w - x0), l;
             __mmask16 lanes = (__mmask16)((1u << n) - 1u);
-            dtnh__transpose16_part(src + ((size_t)y * (size_t)ow + (size_t)x0) * 16, 16, n, 16, tmp, 16, 16);
+            dtnh__transpose16_part(src + ((size_t)y * (size_t)opw + (size_t)x0) * 16, 16, n, 16, tmp, 16, 16);
             for (l = 0; l < 16; l++) {
                 float *o = out + (size_t)l * plane + (size_t)y * (size_t)w + (size_t)x0;
                 __m512 v = _mm512_loadu_ps(tmp + 16 * l);
@@ -3042,14 +3052,16 @@ static void dtnh__wino_from_lanes(const float *src, int ow, int h, int w, const 
 }
 
 /* One pass: P input channels to Q output channels over h x w images, the tiles of `imgs`
-   images at a time (a group: its V and M stay in L2). */
+   images at a time (a group: its V and M stay in L2). Backward-weights uses M's layout for Z. */
 typedef struct dtnh__wino {
-    int P, Q, h, w, th, tw, imgs, rows; /* rows: a group's tiles rounded up to DTNH__WINO_ROWS */
+    int P, Q, h, w, th, tw, imgs, rows; /* rows: the largest group's tiles, rounded up to
+                                           DTNH__WINO_ROWS */
     size_t uplane, vplane, mplane;      /* floats between frequencies in U, V and M */
-    size_t u_floats, thread_floats;     /* U (shared), and each thread's V, M and two stagings */
+    size_t u_floats, thread_floats;     /* U (shared), and (forward) each thread's V, M and
+                                           two stagings */
 } dtnh__wino;
 
-#define DTNH__WINO_ROWS 8        /* a group's tiles are rounded up to it (the GEMM's tail) */
+#define DTNH__WINO_ROWS 8 /* a multiple of 8: the GEMM's tails (8 x 16 and 4 x 32) cover it */
 #define DTNH__WINO_GROUP 524288      /* bytes of V and M a forward group aims at (L2) */
 #define DTNH__WINO_DW_GROUP 2097152  /* backward-weights: fewer, longer sums into dU */
 
@@ -3093,28 +3105,30 @@ static void dtnh__wino_weights(const dtnh__wino *W, const float *w, int flipped,
     for (p = 0; p < P; p++) {
         int q0, i, j;
         for (q0 = 0; q0 < Q; q0 += 16) {
-            dtnh__f16 g[3][3], t[3][6], col[3], o[6];
+            dtnh__f32x16 g[3][3], t[3][6], col[3], o[6];
             for (i = 0; i < 3; i++)
                 for (j = 0; j < 3; j++)
-                    g[i][j] = flipped ? dtnh__f16_strided(w + ((size_t)p * Q + (size_t)q0) * 9 + (size_t)((2 - i) * 3 + 2 - j), 9)
-                                      : dtnh__f16_strided(w + ((size_t)q0 * P + (size_t)p) * 9 + (size_t)(i * 3 + j), P * 9);
+                    g[i][j] = flipped ? dtnh__f32x16_strided(w + ((size_t)p * Q + (size_t)q0) * 9 + (size_t)((2 - i) * 3 + 2 - j), 9)
+                                      : dtnh__f32x16_strided(w + ((size_t)q0 * P + (size_t)p) * 9 + (size_t)(i * 3 + j), P * 9);
             for (i = 0; i < 3; i++) dtnh__wino_g(g[i], t[i]);
             for (j = 0; j < 6; j++) {
                 for (i = 0; i < 3; i++) col[i] = t[i][j];
                 dtnh__wino_g(col, o);
                 for (i = 0; i < 6; i++)
-                    dtnh__f16_store(u + (size_t)(i * 6 + j) * W->uplane + (size_t)p * Q + (size_t)q0, o[i]);
+                    dtnh__f32x16_store(u + (size_t)(i * 6 + j) * W->uplane + (size_t)p * Q + (size_t)q0, o[i]);
             }
         }
     }
 }
 
-/* m[rows][16 or 32] = v[rows][kn] u[kn][16 or 32], 24 x 16 or 12 x 32, the accumulators
-   named one by one so that they stay in registers (arrays of them were kept in memory). */
+/* c[R][16 or 32] (+)= A[R][kn] b[kn][16 or 32] for R rows (24, 12, 8, 4; 16 and 8 in
+   backward-weights), the accumulators named one by one so that they stay in registers (arrays
+   of them were kept in memory). DTNH__WA(r) is A's element (r, k): a row of `a`, or in
+   backward-weights a column. */
 #define DTNH__WZ1(r) __m512 c##r##0 = _mm512_setzero_ps()
 #define DTNH__WZ2(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = c##r##0
-#define DTNH__WC1(r) __m512 c##r##0 = _mm512_loadu_ps(m + (size_t)(r) * (size_t)ldm)
-#define DTNH__WC2(r) DTNH__WC1(r), c##r##1 = _mm512_loadu_ps(m + (size_t)(r) * (size_t)ldm + 16)
+#define DTNH__WC1(r) __m512 c##r##0 = _mm512_loadu_ps(c + (size_t)(r) * (size_t)ldc)
+#define DTNH__WC2(r) DTNH__WC1(r), c##r##1 = _mm512_loadu_ps(c + (size_t)(r) * (size_t)ldc + 16)
 #define DTNH__WF1(r)                                                                               \
     do {                                                                                           \
         __m512 a_ = _mm512_set1_ps(DTNH__WA(r));                                                   \
@@ -3126,8 +3140,8 @@ static void dtnh__wino_weights(const dtnh__wino *W, const float *w, int flipped,
         c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);                                                \
         c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);                                                \
     } while (0)
-#define DTNH__WS1(r) _mm512_storeu_ps(m + (size_t)(r) * (size_t)ldm, c##r##0)
-#define DTNH__WS2(r) (DTNH__WS1(r), _mm512_storeu_ps(m + (size_t)(r) * (size_t)ldm + 16, c##r##1))
+#define DTNH__WS1(r) _mm512_storeu_ps(c + (size_t)(r) * (size_t)ldc, c##r##0)
+#define DTNH__WS2(r) (DTNH__WS1(r), _mm512_storeu_ps(c + (size_t)(r) * (size_t)ldc + 16, c##r##1))
 #define DTNH__W12(X) X(0); X(1); X(2); X(3); X(4); X(5); X(6); X(7); X(8); X(9); X(10); X(11)
 #define DTNH__W24(X) DTNH__W12(X); X(12); X(13); X(14); X(15); X(16); X(17); X(18); X(19); X(20); X(21); X(22); X(23)
 
@@ -3135,12 +3149,12 @@ static void dtnh__wino_weights(const dtnh__wino *W, const float *w, int flipped,
 #define DTNH__W8(X) DTNH__W4(X); X(4); X(5); X(6); X(7)
 #define DTNH__W16(X) DTNH__W8(X); X(8); X(9); X(10); X(11); X(12); X(13); X(14); X(15)
 #define DTNH__WINO_MM(name, ROWS, Z, F, S, LOAD)                                                    \
-    static void name(int kn, const float *DTNH__RESTRICT v, int ldv, const float *DTNH__RESTRICT u, \
-                     int ldu, float *DTNH__RESTRICT m, int ldm) {                                  \
+    static void name(int kn, const float *DTNH__RESTRICT a, int lda, const float *DTNH__RESTRICT b, \
+                     int ldb, float *DTNH__RESTRICT c, int ldc) {                                  \
         int k;                                                                                     \
         ROWS(Z);                                                                                   \
         for (k = 0; k < kn; k++) {                                                                 \
-            const float *b_ = u + (size_t)k * (size_t)ldu;                                         \
+            const float *b_ = b + (size_t)k * (size_t)ldb;                                         \
             LOAD;                                                                                  \
             ROWS(F);                                                                               \
         }                                                                                          \
@@ -3148,15 +3162,15 @@ static void dtnh__wino_weights(const dtnh__wino *W, const float *w, int flipped,
     }
 #define DTNH__WL1 __m512 b0 = _mm512_loadu_ps(b_)
 #define DTNH__WL2 __m512 b0 = _mm512_loadu_ps(b_), b1 = _mm512_loadu_ps(b_ + 16)
-/* The forward's: row r of A is v's row r; C is overwritten. */
-#define DTNH__WA(r) v[(size_t)(r) * (size_t)ldv + (size_t)k]
+/* The forward's: A is a (V), c (M) is overwritten. */
+#define DTNH__WA(r) a[(size_t)(r) * (size_t)lda + (size_t)k]
 DTNH__WINO_MM(dtnh__wino_mm24x16, DTNH__W24, DTNH__WZ1, DTNH__WF1, DTNH__WS1, DTNH__WL1)
 DTNH__WINO_MM(dtnh__wino_mm8x16, DTNH__W8, DTNH__WZ1, DTNH__WF1, DTNH__WS1, DTNH__WL1)
 DTNH__WINO_MM(dtnh__wino_mm12x32, DTNH__W12, DTNH__WZ2, DTNH__WF2, DTNH__WS2, DTNH__WL2)
 DTNH__WINO_MM(dtnh__wino_mm4x32, DTNH__W4, DTNH__WZ2, DTNH__WF2, DTNH__WS2, DTNH__WL2)
 #undef DTNH__WA
-/* Backward-weights': A is v transposed (row r is column r of v), and C is added to. */
-#define DTNH__WA(r) v[(size_t)k * (size_t)ldv + (size_t)(r)]
+/* Backward-weights': A is a (Z) transposed, and c (dU) is added to. */
+#define DTNH__WA(r) a[(size_t)k * (size_t)lda + (size_t)(r)]
 DTNH__WINO_MM(dtnh__wino_tn16x16, DTNH__W16, DTNH__WC1, DTNH__WF1, DTNH__WS1, DTNH__WL1)
 DTNH__WINO_MM(dtnh__wino_tn8x32, DTNH__W8, DTNH__WC2, DTNH__WF2, DTNH__WS2, DTNH__WL2)
 #undef DTNH__WA
@@ -3200,8 +3214,8 @@ static void dtnh__wino_gemm(const dtnh__wino *W, int rows, const float *v, const
 /* Images [i0, i1): their tiles' V, the 36 products, the outputs. */
 static void dtnh__wino_group(const dtnh__wino *W, const float *x, const float *u, const float *bias, float *y,
                              int add, int i0, int i1, float *buf) {
-    int tpi = W->th * W->tw, pw = 4 * W->tw + 2, ow = 4 * W->tw, img, cb, t, xi;
-    int rows = dtnh__kround_up((i1 - i0) * tpi, DTNH__WINO_ROWS);
+    int tpi = W->th * W->tw, pw = 4 * W->tw + 2, opw = 4 * W->tw, img, cb, t, xi;
+    int used = (i1 - i0) * tpi, rows = dtnh__kround_up(used, DTNH__WINO_ROWS);
     size_t plane = (size_t)W->h * (size_t)W->w;
     float *v = buf, *m = v + 36 * W->vplane, *xs = m + 36 * W->mplane;
     float *os = xs + (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)pw;
@@ -3212,14 +3226,16 @@ static void dtnh__wino_group(const dtnh__wino *W, const float *x, const float *u
                 dtnh__wino_in_tile(xs + ((size_t)(4 * (t / W->tw)) * pw + (size_t)(4 * (t % W->tw))) * 16, pw,
                                    v + (size_t)((img - i0) * tpi + t) * W->P + (size_t)cb, W->vplane);
         }
-    for (xi = 0; xi < 36; xi++)
+    for (xi = 0; xi < 36; xi++) { /* the spare rows zero, not stale or never written */
+        memset(v + (size_t)xi * W->vplane + (size_t)used * W->P, 0, (size_t)(rows - used) * W->P * sizeof(float));
         dtnh__wino_gemm(W, rows, v + (size_t)xi * W->vplane, u + (size_t)xi * W->uplane, m + (size_t)xi * W->mplane);
+    }
     for (img = i0; img < i1; img++)
         for (cb = 0; cb < W->Q; cb += 16) {
             for (t = 0; t < tpi; t++)
                 dtnh__wino_out_tile(m + (size_t)((img - i0) * tpi + t) * W->Q + (size_t)cb, W->mplane,
-                                    os + ((size_t)(4 * (t / W->tw)) * ow + (size_t)(4 * (t % W->tw))) * 16, ow);
-            dtnh__wino_from_lanes(os, ow, W->h, W->w, bias ? bias + cb : NULL, add,
+                                    os + ((size_t)(4 * (t / W->tw)) * opw + (size_t)(4 * (t % W->tw))) * 16, opw);
+            dtnh__wino_from_lanes(os, opw, W->h, W->w, bias ? bias + cb : NULL, add,
                                   y + ((size_t)img * W->Q + (size_t)cb) * plane, plane);
         }
 }
@@ -3229,8 +3245,9 @@ static void dtnh__wino_run(const dtnh__wino *W, int n, const float *x, const flo
                            const float *bias, float *y, int add, const dtnh_work *work) {
     float *base = (float *)(((uintptr_t)work->buf + 63) / 64 * 64);
     int groups = (n + W->imgs - 1) / W->imgs, T = dtnh__kmin(work->threads, dtnh_threads());
-    size_t floats = (work->bytes - 64) / sizeof(float), fit = (floats - W->u_floats) / W->thread_floats;
-    DTNH_ASSERT(work->buf && work->bytes >= dtnh__wino_bytes(W, 1));
+    size_t fit;
+    DTNH_ASSERT(work->buf && work->bytes >= dtnh__wino_bytes(W, 1)); /* sized with winograd set */
+    fit = ((work->bytes - 64) / sizeof(float) - W->u_floats) / W->thread_floats;
     if ((size_t)T > fit) T = (int)fit;
     T = dtnh__kmin(T, groups);
     if (T < 1) T = 1;
@@ -3239,7 +3256,8 @@ static void dtnh__wino_run(const dtnh__wino *W, int n, const float *x, const flo
     {
         int t = dtnh__omp_thread(), nt = dtnh__omp_team(), lo, hi, g;
         float *buf = base + W->u_floats + (size_t)t * W->thread_floats;
-        memset(buf, 0, W->thread_floats * sizeof(float)); /* the zero border, and V's spare rows */
+        float *xs = buf + 36 * (W->vplane + W->mplane);
+        memset(xs, 0, (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)(4 * W->tw + 2) * sizeof(float)); /* its border */
         dtnh__share(groups, 1, t, nt, &lo, &hi);
         for (g = lo; g < hi; g++)
             dtnh__wino_group(W, x, base, bias, y, add, g * W->imgs, dtnh__kmin(n, (g + 1) * W->imgs), buf);
@@ -3254,46 +3272,47 @@ static void dtnh__wino_run(const dtnh__wino *W, int n, const float *x, const flo
    every sum runs in the same order for any thread count. */
 
 /* o = A y: four output gradients to six frequencies (A is A^T's transpose). */
-static void dtnh__wino_a(const dtnh__f16 *y, dtnh__f16 *o) {
-    dtnh__f16 even = dtnh__f16_add(y[0], y[2]), odd = dtnh__f16_add(y[1], y[3]);
-    dtnh__f16 even4 = dtnh__f16_fma(y[2], 4.0f, y[0]), odd4 = dtnh__f16_fma(y[3], 4.0f, y[1]);
+static void dtnh__wino_a(const dtnh__f32x16 *y, dtnh__f32x16 *o) {
+    dtnh__f32x16 even = dtnh__f32x16_add(y[0], y[2]), odd = dtnh__f32x16_add(y[1], y[3]);
+    dtnh__f32x16 even4 = dtnh__f32x16_fma(y[2], 4.0f, y[0]), odd4 = dtnh__f32x16_fma(y[3], 4.0f, y[1]);
     o[0] = y[0];
-    o[1] = dtnh__f16_add(even, odd);
-    o[2] = dtnh__f16_sub(even, odd);
-    o[3] = dtnh__f16_fma(odd4, 2.0f, even4); /* y0 + 2 y1 + 4 y2 + 8 y3 */
-    o[4] = dtnh__f16_fma(odd4, -2.0f, even4);
+    o[1] = dtnh__f32x16_add(even, odd);
+    o[2] = dtnh__f32x16_sub(even, odd);
+    o[3] = dtnh__f32x16_fma(odd4, 2.0f, even4); /* y0 + 2 y1 + 4 y2 + 8 y3 */
+    o[4] = dtnh__f32x16_fma(odd4, -2.0f, even4);
     o[5] = y[3];
 }
 
 /* o = G^T u: six frequencies to three taps. */
-static void dtnh__wino_gt(const dtnh__f16 *u, dtnh__f16 *o) {
-    dtnh__f16 s = dtnh__f16_add(u[1], u[2]), d = dtnh__f16_sub(u[1], u[2]);
-    dtnh__f16 s2 = dtnh__f16_add(u[3], u[4]), d2 = dtnh__f16_sub(u[3], u[4]);
-    o[0] = dtnh__f16_fma(u[0], 0.25f, dtnh__f16_fma(s2, 1.0f / 24.0f, dtnh__f16_scale(s, -1.0f / 6.0f)));
-    o[1] = dtnh__f16_fma(d2, 1.0f / 12.0f, dtnh__f16_scale(d, -1.0f / 6.0f));
-    o[2] = dtnh__f16_fma(dtnh__f16_sub(s2, s), 1.0f / 6.0f, u[5]);
+static void dtnh__wino_gt(const dtnh__f32x16 *u, dtnh__f32x16 *o) {
+    dtnh__f32x16 s = dtnh__f32x16_add(u[1], u[2]), d = dtnh__f32x16_sub(u[1], u[2]);
+    dtnh__f32x16 s2 = dtnh__f32x16_add(u[3], u[4]), d2 = dtnh__f32x16_sub(u[3], u[4]);
+    o[0] = dtnh__f32x16_fma(u[0], 0.25f, dtnh__f32x16_fma(s2, 1.0f / 24.0f, dtnh__f32x16_scale(s, -1.0f / 6.0f)));
+    o[1] = dtnh__f32x16_fma(d2, 1.0f / 12.0f, dtnh__f32x16_scale(d, -1.0f / 6.0f));
+    o[2] = dtnh__f32x16_fma(dtnh__f32x16_sub(s2, s), 1.0f / 6.0f, u[5]);
 }
 
 /* Z of one tile: the 4x4 gradients of 16 channels at src (16-channel pixels, rows pw apart)
    to the 36 frequencies at z + xi * zplane. */
 static void dtnh__wino_grad_tile(const float *src, int pw, float *z, size_t zplane) {
-    dtnh__f16 d[4], t[4][6], o[6];
+    dtnh__f32x16 d[4], t[4][6], o[6];
     int i, j;
     for (i = 0; i < 4; i++) {
-        for (j = 0; j < 4; j++) d[j] = dtnh__f16_load(src + ((size_t)i * (size_t)pw + (size_t)j) * 16);
+        for (j = 0; j < 4; j++) d[j] = dtnh__f32x16_load(src + ((size_t)i * (size_t)pw + (size_t)j) * 16);
         dtnh__wino_a(d, t[i]);
     }
     for (j = 0; j < 6; j++) {
         for (i = 0; i < 4; i++) d[i] = t[i][j];
         dtnh__wino_a(d, o);
-        for (i = 0; i < 6; i++) dtnh__f16_store(z + (size_t)(i * 6 + j) * zplane, o[i]);
+        for (i = 0; i < 6; i++) dtnh__f32x16_store(z + (size_t)(i * 6 + j) * zplane, o[i]);
     }
 }
 
-/* Bytes: dU, one group's V and Z (shared), and each thread's two stagings. */
+/* Floats of one image's staging, 16 channels with a zero border. */
 static size_t dtnh__wino_stage_floats(const dtnh__wino *W) {
     return (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)(4 * W->tw + 2);
 }
+/* Bytes: dU, one group's V and Z (shared), and each thread's two stagings. */
 static size_t dtnh__wino_dw_bytes(const dtnh__wino *W, int threads) {
     size_t shared = W->u_floats + 36 * (W->vplane + W->mplane);
     return 64 + sizeof(float) * (shared + (size_t)(threads < 1 ? 1 : threads) * 2 * dtnh__wino_stage_floats(W));
@@ -3334,16 +3353,16 @@ static void dtnh__wino_dgemm(const dtnh__wino *W, int tiles, const float *z, con
 static void dtnh__wino_dw_out(const dtnh__wino *W, const float *du, float *dw, int accumulate, int co) {
     int P = W->P, ci, a, b, k, l;
     for (ci = 0; ci < P; ci += 16) {
-        dtnh__f16 d[6], t[6][3], o[3];
+        dtnh__f32x16 d[6], t[6][3], o[3];
         float taps[9 * 16];
         for (a = 0; a < 6; a++) {
-            for (b = 0; b < 6; b++) d[b] = dtnh__f16_load(du + (size_t)(a * 6 + b) * W->uplane + (size_t)co * P + (size_t)ci);
+            for (b = 0; b < 6; b++) d[b] = dtnh__f32x16_load(du + (size_t)(a * 6 + b) * W->uplane + (size_t)co * P + (size_t)ci);
             dtnh__wino_gt(d, t[a]);
         }
         for (b = 0; b < 3; b++) {
             for (a = 0; a < 6; a++) d[a] = t[a][b];
             dtnh__wino_gt(d, o);
-            for (a = 0; a < 3; a++) dtnh__f16_store(taps + (a * 3 + b) * 16, o[a]);
+            for (a = 0; a < 3; a++) dtnh__f32x16_store(taps + (a * 3 + b) * 16, o[a]);
         }
         for (l = 0; l < 16; l++)
             for (k = 0; k < 9; k++) {
@@ -3445,28 +3464,11 @@ DTNHDEF void dtnh_conv2d_forward(const dtnh_conv_geom *g, const float *x, const 
     dtnh__gemm_run(&G, work);
 }
 
-DTNHDEF void dtnh_conv2d_backward_weights(const dtnh_conv_geom *g, const float *x,
-                                          const float *dy, float *dw, float *dbias,
-                                          int accumulate, const dtnh_work *work) {
-    dtnh__gemm G;
-    dtnh_conv_geom f = dtnh__flat_if_pointwise(g);
+/* dbias (+)= the sum of dy over images and pixels, per channel (nothing when dbias is NULL). */
+static void dtnh__conv_bias_grad(const dtnh_conv_geom *g, const float *dy, float *dbias, int accumulate) {
     int ohw = g->oh * g->ow, co;
-    G.M = g->c_in * g->kh * g->kw;
-    G.N = g->c_out;
-    G.K = g->n * ohw;
-    G.alpha = 1.0f;
-    G.beta = accumulate ? 1.0f : 0.0f;
-    G.bias = NULL;
-    G.a = dtnh__view_conv(DTNH__IM2COL, x, &f);
-    G.b = dtnh__view_folded(DTNH__FOLDED_T, dy, g->c_out, ohw);
-    G.c = dtnh__view_plain(DTNH__COLS, dw, (size_t)G.M);
-#if defined(DTNH__AVX512)
-    if (dtnh__wino_ok(g)) dtnh__wino_backward_weights(g, x, dy, dw, accumulate, work);
-    else
-#endif
-        dtnh__gemm_run(&G, work);
     if (!dbias) return;
-    DTNH__OMP(parallel for schedule(static) if ((double)g->c_out * G.K > DTNH__PAR_MADDS))
+    DTNH__OMP(parallel for schedule(static) if ((double)g->c_out * g->n * ohw > DTNH__PAR_MADDS))
     for (co = 0; co < g->c_out; co++) {
         double s = 0;
         int img, px;
@@ -3476,6 +3478,32 @@ DTNHDEF void dtnh_conv2d_backward_weights(const dtnh_conv_geom *g, const float *
         }
         dbias[co] = accumulate ? dbias[co] + (float)s : (float)s;
     }
+}
+
+DTNHDEF void dtnh_conv2d_backward_weights(const dtnh_conv_geom *g, const float *x,
+                                          const float *dy, float *dw, float *dbias,
+                                          int accumulate, const dtnh_work *work) {
+    dtnh__gemm G;
+    dtnh_conv_geom f = dtnh__flat_if_pointwise(g);
+    int ohw = g->oh * g->ow;
+#if defined(DTNH__AVX512)
+    if (dtnh__wino_ok(g)) {
+        dtnh__wino_backward_weights(g, x, dy, dw, accumulate, work);
+        dtnh__conv_bias_grad(g, dy, dbias, accumulate);
+        return;
+    }
+#endif
+    G.M = g->c_in * g->kh * g->kw;
+    G.N = g->c_out;
+    G.K = g->n * ohw;
+    G.alpha = 1.0f;
+    G.beta = accumulate ? 1.0f : 0.0f;
+    G.bias = NULL;
+    G.a = dtnh__view_conv(DTNH__IM2COL, x, &f);
+    G.b = dtnh__view_folded(DTNH__FOLDED_T, dy, g->c_out, ohw);
+    G.c = dtnh__view_plain(DTNH__COLS, dw, (size_t)G.M);
+    dtnh__gemm_run(&G, work);
+    dtnh__conv_bias_grad(g, dy, dbias, accumulate);
 }
 
 #if defined(DTNH__AVX512)

@@ -638,6 +638,39 @@ static void single_backward_gives_the_same_gradients_in_less_memory(void) {
     case_close(&b);
 }
 
+/* cfg.winograd reaches the 3x3 layers (AVX-512 builds: other bits, the same to 1e-4 of the
+   largest gradient entry; elsewhere the same bits), and the plan grows for its work (or not). */
+static void winograd_reaches_the_network(void) {
+    static net_case a, b;
+    dtnh_resnet_config cfg = small_config(DTNH_STEM_CIFAR, 16, 12, 3);
+    dtnh_status st;
+    double big = 0, diff = 0;
+    size_t i, n;
+    int applies;
+#if defined(__AVX512F__) && !defined(DTNH_NO_SIMD)
+    applies = 1;
+#else
+    applies = 0;
+#endif
+    CHECK_OK(case_open(&a, &cfg));
+    cfg.winograd = 1;
+    CHECK_OK(case_open(&b, &cfg));
+    CHECK(applies ? b.plan.step_train > a.plan.step_train : b.plan.step_train == a.plan.step_train);
+    case_step(&a, NULL, &st);
+    CHECK_OK(st);
+    case_step(&b, NULL, &st);
+    CHECK_OK(st);
+    n = a.net.params.total;
+    CHECK((memcmp(a.net.params.g_j, b.net.params.g_j, n * sizeof(float)) != 0) == applies);
+    for (i = 0; i < n; i++) {
+        if (fabs(a.net.params.g_j[i]) > big) big = fabs(a.net.params.g_j[i]);
+        if (fabs(a.net.params.g_j[i] - b.net.params.g_j[i]) > diff) diff = fabs(a.net.params.g_j[i] - b.net.params.g_j[i]);
+    }
+    CHECK_MSG(diff <= 1e-4 * big, "gradients %.3g apart (largest %.3g)", diff, big);
+    case_close(&a);
+    case_close(&b);
+}
+
 /* A second backward after one forward (recomputing what it reads again) repeats the first
    (untrained entries stay zero in both). */
 static void twice_gives_the_same(net_case *c) {
@@ -1011,6 +1044,7 @@ void suite_resnet(void) {
     RUN(hook_gradients_match_finite_differences_and_stop_at_the_deepest_hook);
     RUN(backward_runs_twice_after_one_forward);
     RUN(single_backward_gives_the_same_gradients_in_less_memory);
+    RUN(winograd_reaches_the_network);
     RUN(frozen_stages_get_no_gradient);
     RUN(head_and_bn_bias_modes_train_what_they_say);
     RUN(results_do_not_depend_on_the_thread_count);
