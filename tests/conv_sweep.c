@@ -6,7 +6,8 @@
    output channels, batches 1-12; work buffers of the exact size, 8 MB and sizes between (where
    the stride-2 and padded paths fit or not); 1 and 2 threads. Session 4's 1x1 stride-2
    padding bug was found this way; `make check-conv-sweep` runs it for the AVX-512, AVX2 and
-   portable kernels (part of `make check-all`).
+   portable kernels (part of `make check-all`). A quarter of the geometries are Winograd's (3x3,
+   stride 1, pad 1, channels in multiples of 16, dtnh_conv_geom.winograd set).
        conv_sweep [count [seed]]      prints each failure, then "N geometries, M failed"
    Built with tests/runner.c and tests/impl.c. */
 #include <stdlib.h>
@@ -28,7 +29,14 @@ static int random_geometry(dtnh_rng *r, int *p, dtnh_conv_geom *g) {
     p[4] = rnd_int(r, 1, 140);
     p[7] = rnd_int(r, 1, 3);
     p[8] = rnd_int(r, 0, 3);
+    if (dtnh_rng_uniform(r) < 0.25f) { /* Winograd's: 3x3 stride 1 pad 1, channels by 16 */
+        p[1] = 16 * rnd_int(r, 1, 4);
+        p[4] = 16 * rnd_int(r, 1, 8);
+        p[5] = p[6] = 3;
+        p[7] = p[8] = 1;
+    }
     if (!geom_from(g, p)) return 0;
+    g->winograd = p[5] == 3 && p[6] == 3 && p[7] == 1 && p[8] == 1 && p[1] % 16 == 0 && p[4] % 16 == 0;
     return (double)w_count(g) * g->n * g->oh * g->ow <= 4e7;
 }
 
@@ -48,8 +56,9 @@ int main(int argc, char **argv) {
         if (bytes && bytes < dtnh_conv_work_bytes(&g, threads)) bytes = 0; /* 0: the exact size */
         if (!conv_case_ok(&g, &r, msg, bytes, threads)) {
             bad++;
-            printf("FAIL n %d c_in %d %dx%d c_out %d k %dx%d stride %d pad %d, work %zu, %d thread(s): %s\n",
-                   p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], bytes, threads, msg);
+            printf("FAIL n %d c_in %d %dx%d c_out %d k %dx%d stride %d pad %d%s, work %zu, %d thread(s): %s\n",
+                   p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], g.winograd ? " (Winograd)" : "", bytes,
+                   threads, msg);
         }
     }
     printf("%d geometries, %d failed\n", tried, bad);
