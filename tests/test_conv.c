@@ -389,9 +389,12 @@ static void conv_winograd_is_opt_in_and_thread_independent(void) {
                                {2, 16, 9, 9, 32, 3, 3, 2, 1},  {2, 16, 9, 9, 32, 3, 3, 1, 0},
                                {2, 24, 8, 8, 16, 3, 3, 1, 1},  {2, 16, 8, 8, 16, 1, 1, 1, 0}};
     dtnh_rng r;
-    size_t s, i, k, o;
+    size_t s = 0, i, k, o;
     dtnh_rng_seed(&r, 22);
-    for (s = 0; s < sizeof p / sizeof p[0]; s++) {
+#if !defined(__AVX512F__) || defined(DTNH_NO_SIMD)
+    s = 2; /* without Winograd the large ones only repeat the direct kernel (62 s under valgrind) */
+#endif
+    for (; s < sizeof p / sizeof p[0]; s++) {
         dtnh_conv_geom g, gw;
         dtnh_work wk[4]; /* direct; Winograd with 1 and 2 threads; 2 run in work sized for 4 */
         float *x, *w, *dy, *dx0, *dw0, *out[4][WO_COUNT];
