@@ -2986,36 +2986,39 @@ static void dtnh__wino_g(const dtnh__f32x16 *g, dtnh__f32x16 *o) {
     o[5] = g[2];
 }
 
+/* A 1-D transform of n_in values (vectors of 16) into n_out: B^T, A^T, G, and A, G^T below. */
+typedef void (*dtnh__wino_1d)(const dtnh__f32x16 *in, dtnh__f32x16 *out);
+
+/* The 2-D transform T s T^T of an n_in x n_in block s (element (i, j) at src + i si + j sj)
+   into the n_out x n_out block at dst (element (a, b) at dst + a da + b db): f along each row,
+   then along each column. The tile transforms and dW's are these (timed as fast as the
+   separate loops they replace, the same bits); the kernel's, which gathers its taps, is not
+   (through this, 25% slower). */
+static void dtnh__wino_2d(dtnh__wino_1d f, int n_in, int n_out, const float *src, size_t si, size_t sj, float *dst,
+                          size_t da, size_t db) {
+    dtnh__f32x16 d[6], t[6][6], o[6];
+    int i, j;
+    for (i = 0; i < n_in; i++) {
+        for (j = 0; j < n_in; j++) d[j] = dtnh__f32x16_load(src + (size_t)i * si + (size_t)j * sj);
+        f(d, t[i]);
+    }
+    for (j = 0; j < n_out; j++) {
+        for (i = 0; i < n_in; i++) d[i] = t[i][j];
+        f(d, o);
+        for (i = 0; i < n_out; i++) dtnh__f32x16_store(dst + (size_t)i * da + (size_t)j * db, o[i]);
+    }
+}
+
 /* V of one tile: the 6x6 patch of 16-channel pixels at src (rows pw pixels apart) to the 36
    frequencies, frequency xi at v + xi * vplane. */
 static void dtnh__wino_in_tile(const float *src, int pw, float *v, size_t vplane) {
-    dtnh__f32x16 d[6], t[6][6], o[6];
-    int i, j;
-    for (i = 0; i < 6; i++) {
-        for (j = 0; j < 6; j++) d[j] = dtnh__f32x16_load(src + ((size_t)i * (size_t)pw + (size_t)j) * 16);
-        dtnh__wino_bt(d, t[i]);
-    }
-    for (j = 0; j < 6; j++) {
-        for (i = 0; i < 6; i++) d[i] = t[i][j];
-        dtnh__wino_bt(d, o);
-        for (i = 0; i < 6; i++) dtnh__f32x16_store(v + (size_t)(i * 6 + j) * vplane, o[i]);
-    }
+    dtnh__wino_2d(dtnh__wino_bt, 6, 6, src, (size_t)pw * 16, 16, v, 6 * vplane, vplane);
 }
 
 /* The 4x4 outputs of one tile for 16 channels, from the frequencies at m + xi * mplane, to
    16-channel pixels at dst (rows opw pixels apart). */
 static void dtnh__wino_out_tile(const float *m, size_t mplane, float *dst, int opw) {
-    dtnh__f32x16 d[6], t[6][4], o[4];
-    int i, j;
-    for (i = 0; i < 6; i++) {
-        for (j = 0; j < 6; j++) d[j] = dtnh__f32x16_load(m + (size_t)(i * 6 + j) * mplane);
-        dtnh__wino_at(d, t[i]);
-    }
-    for (j = 0; j < 4; j++) {
-        for (i = 0; i < 6; i++) d[i] = t[i][j];
-        dtnh__wino_at(d, o);
-        for (i = 0; i < 4; i++) dtnh__f32x16_store(dst + ((size_t)i * (size_t)opw + (size_t)j) * 16, o[i]);
-    }
+    dtnh__wino_2d(dtnh__wino_at, 6, 4, m, 6 * mplane, mplane, dst, (size_t)opw * 16, 16);
 }
 
 /* 16 channels of an image (h x w planes, plane floats apart) to 16-channel pixels, pixel
@@ -3065,6 +3068,17 @@ typedef struct dtnh__wino {
 #define DTNH__WINO_GROUP 524288      /* bytes of V and M a forward group aims at (L2) */
 #define DTNH__WINO_DW_GROUP 2097152  /* backward-weights: fewer, longer sums into dU */
 
+/* Floats of one image's staging: 16 channels of (4 th + 2) x (4 tw + 2) pixels, a zero border
+   around the image. */
+static size_t dtnh__wino_stage_floats(const dtnh__wino *W) {
+    return (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)(4 * W->tw + 2);
+}
+
+/* Pixel offset of tile t's first pixel in a staging whose rows are `pitch` pixels apart. */
+static size_t dtnh__wino_tile(const dtnh__wino *W, int t, int pitch) {
+    return (size_t)(4 * (t / W->tw)) * (size_t)pitch + (size_t)(4 * (t % W->tw));
+}
+
 /* A group's V and M take about group_bytes, or U's size where U is larger (each group reads
    all of U: 512 channels at 4x4 streamed 38 MB per group and ran slower than the direct
    kernel); groups are at most n / threads images, so that each thread has one. */
@@ -3088,8 +3102,7 @@ static void dtnh__wino_make(int P, int Q, int h, int w, int n, int threads, size
     W->rows = dtnh__kround_up(W->imgs * tpi, DTNH__WINO_ROWS);
     W->vplane = (size_t)W->rows * (size_t)P + 16; /* likewise: frequencies not 4 KiB apart */
     W->mplane = (size_t)W->rows * (size_t)Q + 16;
-    W->thread_floats = 36 * (W->vplane + W->mplane) + (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)(4 * W->tw + 2) +
-                       (size_t)16 * (size_t)(16 * tpi);
+    W->thread_floats = 36 * (W->vplane + W->mplane) + dtnh__wino_stage_floats(W) + (size_t)16 * (size_t)(16 * tpi);
 }
 
 static size_t dtnh__wino_bytes(const dtnh__wino *W, int threads) {
@@ -3211,21 +3224,26 @@ static void dtnh__wino_gemm(const dtnh__wino *W, int rows, const float *v, const
     }
 }
 
+/* V of image img's tiles (x's P channels, staged 16 at a time through xs), from row row0. */
+static void dtnh__wino_image_in(const dtnh__wino *W, const float *x, int img, int row0, float *v, float *xs) {
+    int tpi = W->th * W->tw, pw = 4 * W->tw + 2, cb, t;
+    size_t plane = (size_t)W->h * (size_t)W->w;
+    for (cb = 0; cb < W->P; cb += 16) {
+        dtnh__wino_to_lanes(x + ((size_t)img * W->P + (size_t)cb) * plane, plane, W->h, W->w, pw, xs);
+        for (t = 0; t < tpi; t++)
+            dtnh__wino_in_tile(xs + dtnh__wino_tile(W, t, pw) * 16, pw, v + (size_t)(row0 + t) * W->P + (size_t)cb,
+                               W->vplane);
+    }
+}
+
 /* Images [i0, i1): their tiles' V, the 36 products, the outputs. */
 static void dtnh__wino_group(const dtnh__wino *W, const float *x, const float *u, const float *bias, float *y,
                              int add, int i0, int i1, float *buf) {
-    int tpi = W->th * W->tw, pw = 4 * W->tw + 2, opw = 4 * W->tw, img, cb, t, xi;
+    int tpi = W->th * W->tw, opw = 4 * W->tw, img, cb, t, xi;
     int used = (i1 - i0) * tpi, rows = dtnh__kround_up(used, DTNH__WINO_ROWS);
     size_t plane = (size_t)W->h * (size_t)W->w;
-    float *v = buf, *m = v + 36 * W->vplane, *xs = m + 36 * W->mplane;
-    float *os = xs + (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)pw;
-    for (img = i0; img < i1; img++)
-        for (cb = 0; cb < W->P; cb += 16) {
-            dtnh__wino_to_lanes(x + ((size_t)img * W->P + (size_t)cb) * plane, plane, W->h, W->w, pw, xs);
-            for (t = 0; t < tpi; t++)
-                dtnh__wino_in_tile(xs + ((size_t)(4 * (t / W->tw)) * pw + (size_t)(4 * (t % W->tw))) * 16, pw,
-                                   v + (size_t)((img - i0) * tpi + t) * W->P + (size_t)cb, W->vplane);
-        }
+    float *v = buf, *m = v + 36 * W->vplane, *xs = m + 36 * W->mplane, *os = xs + dtnh__wino_stage_floats(W);
+    for (img = i0; img < i1; img++) dtnh__wino_image_in(W, x, img, (img - i0) * tpi, v, xs);
     for (xi = 0; xi < 36; xi++) { /* the spare rows zero, not stale or never written */
         memset(v + (size_t)xi * W->vplane + (size_t)used * W->P, 0, (size_t)(rows - used) * W->P * sizeof(float));
         dtnh__wino_gemm(W, rows, v + (size_t)xi * W->vplane, u + (size_t)xi * W->uplane, m + (size_t)xi * W->mplane);
@@ -3234,7 +3252,7 @@ static void dtnh__wino_group(const dtnh__wino *W, const float *x, const float *u
         for (cb = 0; cb < W->Q; cb += 16) {
             for (t = 0; t < tpi; t++)
                 dtnh__wino_out_tile(m + (size_t)((img - i0) * tpi + t) * W->Q + (size_t)cb, W->mplane,
-                                    os + ((size_t)(4 * (t / W->tw)) * opw + (size_t)(4 * (t % W->tw))) * 16, opw);
+                                    os + dtnh__wino_tile(W, t, opw) * 16, opw);
             dtnh__wino_from_lanes(os, opw, W->h, W->w, bias ? bias + cb : NULL, add,
                                   y + ((size_t)img * W->Q + (size_t)cb) * plane, plane);
         }
@@ -3257,7 +3275,7 @@ static void dtnh__wino_run(const dtnh__wino *W, int n, const float *x, const flo
         int t = dtnh__omp_thread(), nt = dtnh__omp_team(), lo, hi, g;
         float *buf = base + W->u_floats + (size_t)t * W->thread_floats;
         float *xs = buf + 36 * (W->vplane + W->mplane);
-        memset(xs, 0, (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)(4 * W->tw + 2) * sizeof(float)); /* its border */
+        memset(xs, 0, dtnh__wino_stage_floats(W) * sizeof(float)); /* its border */
         dtnh__share(groups, 1, t, nt, &lo, &hi);
         for (g = lo; g < hi; g++)
             dtnh__wino_group(W, x, base, bias, y, add, g * W->imgs, dtnh__kmin(n, (g + 1) * W->imgs), buf);
@@ -3295,23 +3313,9 @@ static void dtnh__wino_gt(const dtnh__f32x16 *u, dtnh__f32x16 *o) {
 /* Z of one tile: the 4x4 gradients of 16 channels at src (16-channel pixels, rows pw apart)
    to the 36 frequencies at z + xi * zplane. */
 static void dtnh__wino_grad_tile(const float *src, int pw, float *z, size_t zplane) {
-    dtnh__f32x16 d[4], t[4][6], o[6];
-    int i, j;
-    for (i = 0; i < 4; i++) {
-        for (j = 0; j < 4; j++) d[j] = dtnh__f32x16_load(src + ((size_t)i * (size_t)pw + (size_t)j) * 16);
-        dtnh__wino_a(d, t[i]);
-    }
-    for (j = 0; j < 6; j++) {
-        for (i = 0; i < 4; i++) d[i] = t[i][j];
-        dtnh__wino_a(d, o);
-        for (i = 0; i < 6; i++) dtnh__f32x16_store(z + (size_t)(i * 6 + j) * zplane, o[i]);
-    }
+    dtnh__wino_2d(dtnh__wino_a, 4, 6, src, (size_t)pw * 16, 16, z, 6 * zplane, zplane);
 }
 
-/* Floats of one image's staging, 16 channels with a zero border. */
-static size_t dtnh__wino_stage_floats(const dtnh__wino *W) {
-    return (size_t)16 * (size_t)(4 * W->th + 2) * (size_t)(4 * W->tw + 2);
-}
 /* Bytes: dU, one group's V and Z (shared), and each thread's two stagings. */
 static size_t dtnh__wino_dw_bytes(const dtnh__wino *W, int threads) {
     size_t shared = W->u_floats + 36 * (W->vplane + W->mplane);
@@ -3323,16 +3327,11 @@ static void dtnh__wino_dw_image(const dtnh__wino *W, const float *x, const float
                                 float *v, float *z, float *xs, float *ys) {
     int tpi = W->th * W->tw, pw = 4 * W->tw + 2, cb, t;
     size_t plane = (size_t)W->h * (size_t)W->w;
-    for (cb = 0; cb < W->P; cb += 16) {
-        dtnh__wino_to_lanes(x + ((size_t)img * W->P + (size_t)cb) * plane, plane, W->h, W->w, pw, xs);
-        for (t = 0; t < tpi; t++)
-            dtnh__wino_in_tile(xs + ((size_t)(4 * (t / W->tw)) * pw + (size_t)(4 * (t % W->tw))) * 16, pw,
-                               v + (size_t)(img0 * tpi + t) * W->P + (size_t)cb, W->vplane);
-    }
+    dtnh__wino_image_in(W, x, img, img0 * tpi, v, xs);
     for (cb = 0; cb < W->Q; cb += 16) { /* staged like x: tile (ty, tx) starts at (4 ty + 1, 4 tx + 1) */
         dtnh__wino_to_lanes(dy + ((size_t)img * W->Q + (size_t)cb) * plane, plane, W->h, W->w, pw, ys);
         for (t = 0; t < tpi; t++)
-            dtnh__wino_grad_tile(ys + ((size_t)(4 * (t / W->tw) + 1) * pw + (size_t)(4 * (t % W->tw) + 1)) * 16, pw,
+            dtnh__wino_grad_tile(ys + (dtnh__wino_tile(W, t, pw) + (size_t)pw + 1) * 16, pw,
                                  z + (size_t)(img0 * tpi + t) * W->Q + (size_t)cb, W->mplane);
     }
 }
@@ -3351,19 +3350,10 @@ static void dtnh__wino_dgemm(const dtnh__wino *W, int tiles, const float *z, con
 
 /* dw (+)= G^T dU G for output channel co. */
 static void dtnh__wino_dw_out(const dtnh__wino *W, const float *du, float *dw, int accumulate, int co) {
-    int P = W->P, ci, a, b, k, l;
+    int P = W->P, ci, k, l;
     for (ci = 0; ci < P; ci += 16) {
-        dtnh__f32x16 d[6], t[6][3], o[3];
         float taps[9 * 16];
-        for (a = 0; a < 6; a++) {
-            for (b = 0; b < 6; b++) d[b] = dtnh__f32x16_load(du + (size_t)(a * 6 + b) * W->uplane + (size_t)co * P + (size_t)ci);
-            dtnh__wino_gt(d, t[a]);
-        }
-        for (b = 0; b < 3; b++) {
-            for (a = 0; a < 6; a++) d[a] = t[a][b];
-            dtnh__wino_gt(d, o);
-            for (a = 0; a < 3; a++) dtnh__f32x16_store(taps + (a * 3 + b) * 16, o[a]);
-        }
+        dtnh__wino_2d(dtnh__wino_gt, 6, 3, du + (size_t)co * P + (size_t)ci, 6 * W->uplane, W->uplane, taps, 3 * 16, 16);
         for (l = 0; l < 16; l++)
             for (k = 0; k < 9; k++) {
                 float *o_ = dw + ((size_t)co * P + (size_t)(ci + l)) * 9 + (size_t)k;

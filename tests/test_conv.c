@@ -417,7 +417,7 @@ static void conv_winograd_is_opt_in_and_thread_independent(void) {
         for (k = 0; k < 4; k++) {
             mem[k] = conv_work(&wk[k], k ? &gw : &g, k == 0 ? 1 : (int)k);
             for (o = 0; o < WO_COUNT; o++) out[k][o] = rnd(size[o], &r);
-            conv_set_threads(k == 0 ? 1 : k == 1 ? 1 : 2);
+            conv_set_threads(k < 2 ? 1 : 2);
             winograd_outputs(k ? &gw : &g, x, w, dy, dx0, dw0, out[k], &wk[k]);
         }
         conv_set_threads(dtnh_threads());
