@@ -979,9 +979,10 @@ DTNHDEF size_t dtnh_params_count(const dtnh_params *p, unsigned mask) {
 #define DTNH__NR 16
 #endif
 
-/* Block sizes (definable before the include, for tuning). Tiles run along C's rows: an A
-   panel (MR x KC) stays in L1 while the B block (KC x NC, 1 MiB) streams from L2; the A block
-   (MC x KC) is packed once per B block. Only KC changes the arithmetic (how K is sliced). */
+/* Block sizes (definable before the include, for tuning). The B block (KC x NC, 1 MiB) is
+   packed once per K slice of NC columns, the A block (MC x KC) once per B block; dtnh__macro
+   says which of them stays in L1 while the other streams. Only KC changes the arithmetic (how
+   K is sliced). */
 #ifndef DTNH__KC
 #define DTNH__KC 256
 #endif
@@ -1228,6 +1229,24 @@ static void dtnh__out512(float *c, __m512 v0, __m512 v1, const dtnh__blend *u, f
    row 64 floats ahead, one row per step. */
 #define DTNH__PREFETCH_A _mm_prefetch((const char *)(a + (k & 7) * rs + ak + 64 * ks), _MM_HINT_T0)
 #define DTNH__OUT(r) dtnh__out512(c + (size_t)(r) * ldc, c##r##0, c##r##1, u, bias ? bias[r] : 0.0f)
+/* A tile's C: read by the blend, so fetched while the loop runs; or only written, but after a
+   loop too short (K = 27: the stem) to hide fetching its lines for the stores, so asked for,
+   for writing, now (measured: 0.79-0.96x OpenBLAS -> 1.00-1.08x on 64 x 49152 x 27; no gain at
+   K = 64 or, asked for at every K, at 256). */
+static void dtnh__prefetch_c512(const float *c, size_t ldc, const dtnh__blend *u, int kc) {
+    int r;
+    if (!u->first || u->beta != 0.0f) {
+        for (r = 0; r < 8; r++) {
+            _mm_prefetch((const char *)(c + (size_t)r * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + (size_t)r * ldc + 31), _MM_HINT_T0);
+        }
+    } else if (kc <= 32) {
+        for (r = 0; r < 8; r++) {
+            DTNH__PREFETCH_W(c + (size_t)r * ldc);
+            DTNH__PREFETCH_W(c + (size_t)r * ldc + 31);
+        }
+    }
+}
 static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, const float *DTNH__RESTRICT b,
                          float *DTNH__RESTRICT c, size_t ldc, const dtnh__blend *u,
                          const float *bias) {
@@ -1237,20 +1256,7 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, 
     __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00;
     int k, ak;
-    if (!u->first || u->beta != 0.0f) {
-        for (k = 0; k < 8; k++) { /* C arrives while the loop runs */
-            _mm_prefetch((const char *)(c + (size_t)k * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char *)(c + (size_t)k * ldc + 31), _MM_HINT_T0);
-        }
-    } else if (kc <= 32) {
-        /* C is only written, but after a loop too short (K = 27: the stem) to hide fetching
-           its lines for the stores: ask for them, for writing, now (measured: 0.79-0.96x
-           OpenBLAS -> 1.00-1.08x on 64 x 49152 x 27; no gain at K = 64) */
-        for (k = 0; k < 8; k++) {
-            DTNH__PREFETCH_W(c + (size_t)k * ldc);
-            DTNH__PREFETCH_W(c + (size_t)k * ldc + 31);
-        }
-    }
+    dtnh__prefetch_c512(c, ldc, u, kc);
     for (k = 0, ak = 0; k < kc; k++, ak += ks, b += 32) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         DTNH__PREFETCH_A;
@@ -1260,6 +1266,37 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, 
     DTNH__OUT(0); DTNH__OUT(1); DTNH__OUT(2); DTNH__OUT(3);
     DTNH__OUT(4); DTNH__OUT(5); DTNH__OUT(6); DTNH__OUT(7);
 }
+/* The same for a panel packed by columns (element (r, k) at k*8 + r: a transposed A, the
+   backward-data products): one pointer with the rows at fixed offsets, one forward stream,
+   fewer registers and no index arithmetic per step (through the kernel above such panels ran
+   6-9% slower). Fetching the panel 128 floats ahead every other step measured 1-2% faster
+   than leaving it to the prefetchers. Packing a plain A this way too (8 x 8 transposes) gained
+   0-3% on plain products but lost 5-20% on convolutions' forward passes, so rows stay rows. */
+#define DTNH__ROWK(r)                                            \
+    do {                                                         \
+        __m512 a_ = _mm512_set1_ps(a[r]);                         \
+        c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);              \
+        c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);              \
+    } while (0)
+#define DTNH__KMAJOR_KERNEL 1
+static void dtnh__kernel_kmajor(int kc, const float *DTNH__RESTRICT a, const float *DTNH__RESTRICT b,
+                                float *DTNH__RESTRICT c, size_t ldc, const dtnh__blend *u,
+                                const float *bias) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    int k;
+    dtnh__prefetch_c512(c, ldc, u, kc);
+    for (k = 0; k < kc; k++, a += 8, b += 32) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        if (k & 1) _mm_prefetch((const char *)(a + 128), _MM_HINT_T0);
+        DTNH__ROWK(0); DTNH__ROWK(1); DTNH__ROWK(2); DTNH__ROWK(3);
+        DTNH__ROWK(4); DTNH__ROWK(5); DTNH__ROWK(6); DTNH__ROWK(7);
+    }
+    DTNH__OUT(0); DTNH__OUT(1); DTNH__OUT(2); DTNH__OUT(3);
+    DTNH__OUT(4); DTNH__OUT(5); DTNH__OUT(6); DTNH__OUT(7);
+}
+#undef DTNH__ROWK
 /* 8 x 16 for the last sliver when at most 16 of its columns are real: half the work. */
 #define DTNH__ROW512H(r) c##r##0 = _mm512_fmadd_ps(_mm512_set1_ps(a##r[ak]), b0, c##r##0)
 #define DTNH__OUTH(r) _mm512_store_ps(tile + (r) * DTNH__NR, c##r##0)
@@ -2001,7 +2038,11 @@ static void dtnh__tile(const dtnh__gemm *G, int kc, const float *a, const float 
         u.beta = G->beta;
         u.bias = 0.0f;
         u.first = first;
-        dtnh__kernel(kc, a, rs, ks, b, c, ldc, &u, G->bias && first ? G->bias + m0 : NULL);
+#ifdef DTNH__KMAJOR_KERNEL
+        if (by_cols) dtnh__kernel_kmajor(kc, a, b, c, ldc, &u, G->bias && first ? G->bias + m0 : NULL);
+        else
+#endif
+            dtnh__kernel(kc, a, rs, ks, b, c, ldc, &u, G->bias && first ? G->bias + m0 : NULL);
     } else {
 #ifdef DTNH__QUARTER_KERNEL
         if (nr <= DTNH__NR / 4) dtnh__kernel_quarter(kc, a, rs, ks, b, tile);
@@ -2016,12 +2057,20 @@ static void dtnh__tile(const dtnh__gemm *G, int kc, const float *a, const float 
     }
 }
 
-/* One A block times one B block. The tile order follows C: along its rows for a row-major C
-   (each A panel stays in L1 while B streams from L2), down its columns for a transposed one. */
+/* One A block times one B block. With AVX-512 the tiles go down C's columns: each B sliver
+   (32 KiB) stays in L1 while the A block's panels stream from L2 (measured 1-4% faster than
+   along the rows, where each A panel stayed in L1 and the 1 MiB B block streamed from L2 and
+   beyond). Elsewhere they follow C: along its rows for a row-major C, down its columns for a
+   transposed one (with AVX2 both orders measured the same). */
+#if defined(DTNH__AVX512)
+#define DTNH__TILES_DOWN_COLUMNS 1
+#else
+#define DTNH__TILES_DOWN_COLUMNS 0
+#endif
 static void dtnh__macro(const dtnh__gemm *G, int kc, const float *abuf, int ic, int mc,
                         const float *bbuf, int jc, int nc, int first) {
     int ir, jr;
-    if (G->c.kind == DTNH__COLS) {
+    if (G->c.kind == DTNH__COLS || DTNH__TILES_DOWN_COLUMNS) {
         for (jr = 0; jr < nc; jr += DTNH__NR)
             for (ir = 0; ir < mc; ir += DTNH__MR)
                 dtnh__tile(G, kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), bbuf + (size_t)(jr / DTNH__NR) * dtnh__sliver_stride(kc), ic + ir,
