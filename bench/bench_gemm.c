@@ -8,7 +8,9 @@
    Each figure is the median of 7 timed samples (wall clock). The machine is shared, so each
    row also gives load-robust figures: at 1 thread GFLOP per second of the thread's own CPU
    time (time-slicing by other jobs does not count), at 2 threads the best sample.
-   Env: DTNH_BENCH_THREADS=t runs the "2t" columns on t threads instead (a larger machine). */
+   Env: DTNH_BENCH_THREADS=t runs the "2t" columns on t threads instead (a larger machine);
+   DTNH_BENCH_SAMPLES=s takes s samples per figure (up to 63; more make the best samples
+   steadier where other machines' jobs share the caches and memory). */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #define DTNH_IMPLEMENTATION
 #include "../dtnh.h"
@@ -33,6 +35,10 @@ static double now(void) {
 }
 
 static int team = 2; /* the thread count of the "2t" columns (DTNH_BENCH_THREADS) */
+/* DTNH_BENCH_BRIEF=gemm|conv|all|ob: one line per figure, 1 thread, CPU time only, of the GEMM
+   shapes, the convolution calls, both, or OpenBLAS's GEMM on the shapes; for tools/ab-bench,
+   which runs the builds of two headers in turn */
+static int brief = 0; /* 1 ours, 2 OpenBLAS */
 
 static void set_threads(int t) {
 #ifdef _OPENMP
@@ -163,8 +169,11 @@ typedef struct timing {
     double median, best, cpu;
 } timing;
 
+#define MAX_SAMPLES 63
+static int samples = 7; /* timed samples per figure (DTNH_BENCH_SAMPLES) */
+
 static timing time_job(job_fn fn, void *ctx) {
-    double t0, c0, once, s[7];
+    double t0, c0, once, s[MAX_SAMPLES];
     timing tm;
     int reps, r, i;
     fn(ctx); /* warm up: page faults, caches, thread start */
@@ -173,7 +182,7 @@ static timing time_job(job_fn fn, void *ctx) {
     once = now() - t0;
     reps = once > 0.03 ? 1 : (int)(0.03 / (once + 1e-9)) + 1;
     tm.cpu = 1e30;
-    for (i = 0; i < 7; i++) {
+    for (i = 0; i < samples; i++) {
         t0 = now();
         c0 = thread_cpu();
         for (r = 0; r < reps; r++) fn(ctx);
@@ -181,8 +190,8 @@ static timing time_job(job_fn fn, void *ctx) {
         c0 = (thread_cpu() - c0) / reps;
         if (c0 < tm.cpu) tm.cpu = c0;
     }
-    qsort(s, 7, sizeof s[0], cmp_double);
-    tm.median = s[3];
+    qsort(s, (size_t)samples, sizeof s[0], cmp_double);
+    tm.median = s[samples / 2];
     tm.best = s[0];
     return tm;
 }
@@ -274,6 +283,16 @@ static void bench_gemm_shape(const char *name, const char *pass, dtnh_trans ta, 
     j.C = (float *)malloc((size_t)M * N * sizeof(float));
     j.work = work;
     set_threads(1);
+    if (brief) {
+        if (brief == 2) ob_set_threads(1);
+        d1 = time_job(brief == 2 ? run_openblas : run_dtnh, &j);
+        printf("gemm %s %s %d %d %d %.2f\n", name, pass, M, N, K, flop / d1.cpu);
+        fflush(stdout);
+        free((void *)j.A);
+        free((void *)j.B);
+        free(j.C);
+        return;
+    }
     d1 = time_job(run_dtnh, &j);
     set_threads(team);
     d2 = time_job(run_dtnh, &j);
@@ -366,6 +385,11 @@ static void bench_conv_layer(const conv_layer *L, double peak1) {
         j.pass = p;
         set_threads(1);
         t1 = time_job(run_conv, &j);
+        if (brief) {
+            printf("conv %s %s %.2f\n", L->name, passes[p], flop * 1e-9 / t1.cpu);
+            fflush(stdout);
+            continue;
+        }
         set_threads(team);
         t2 = time_job(run_conv, &j);
         flop *= 1e-9;
@@ -378,10 +402,48 @@ static void bench_conv_layer(const conv_layer *L, double peak1) {
     free(j.y); free(j.dx); free(j.dw); free(mem);
 }
 
+/* The brief mode's figures (see `brief`). */
+static int brief_run(const char *what, const char *only, int have_ob) {
+    int gemm = !strcmp(what, "gemm") || !strcmp(what, "all") || !strcmp(what, "ob");
+    int conv = !strcmp(what, "conv") || !strcmp(what, "all");
+    size_t i;
+    summary sm;
+    dtnh_work work;
+    if (!gemm && !conv) {
+        fprintf(stderr, "DTNH_BENCH_BRIEF=%s: expected gemm, conv, all or ob\n", what);
+        return 2;
+    }
+    if (!strcmp(what, "ob") && !have_ob) {
+        fprintf(stderr, "DTNH_BENCH_BRIEF=ob: libopenblas.so.0 not found\n");
+        return 2;
+    }
+    brief = !strcmp(what, "ob") ? 2 : 1;
+    work.bytes = dtnh_gemm_work_bytes(1);
+    work.buf = malloc(work.bytes);
+    work.threads = 1;
+    for (i = 0; gemm && i < sizeof layers / sizeof layers[0]; i++) {
+        const conv_layer *L = &layers[i];
+        int o = (L->h + 2 * L->pad - L->k) / L->stride + 1, kk = L->c_in * L->k * L->k;
+        int cols = L->n * o * o;
+        if (only && !strstr(L->name, only)) continue;
+        bench_gemm_shape(L->name, "fwd", DTNH_NO_TRANS, DTNH_NO_TRANS, L->c_out, cols, kk, 0, &work, 1.0, 0, &sm);
+        if (L->c_in > 3)
+            bench_gemm_shape(L->name, "bwdD", DTNH_TRANS, DTNH_NO_TRANS, kk, cols, L->c_out, 0, &work, 1.0, 0, &sm);
+        bench_gemm_shape(L->name, "bwdW", DTNH_NO_TRANS, DTNH_TRANS, L->c_out, kk, cols, 0, &work, 1.0, 0, &sm);
+    }
+    for (i = 0; conv && i < sizeof layers / sizeof layers[0]; i++)
+        if (!only || strstr(layers[i].name, only)) bench_conv_layer(&layers[i], 1.0);
+    for (i = 0; conv && i < sizeof conv_only_layers / sizeof conv_only_layers[0]; i++)
+        if (!only || strstr(conv_only_layers[i].name, only)) bench_conv_layer(&conv_only_layers[i], 1.0);
+    free(work.buf);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *only = argc > 1 ? argv[1] : NULL; /* run only layers whose name has this */
     double peak1, peak2;
-    const char *th = getenv("DTNH_BENCH_THREADS");
+    const char *th = getenv("DTNH_BENCH_THREADS"), *sm_env = getenv("DTNH_BENCH_SAMPLES");
+    const char *br = getenv("DTNH_BENCH_BRIEF");
     int have_ob = load_openblas(), nthreads = dtnh_threads();
     size_t i, bytes;
     dtnh_work work;
@@ -393,6 +455,8 @@ int main(int argc, char **argv) {
         fclose(f);
         load[strcspn(load, "\n")] = 0;
     }
+    if (sm_env && atoi(sm_env) >= 1) samples = atoi(sm_env) < MAX_SAMPLES ? atoi(sm_env) : MAX_SAMPLES;
+    if (br && *br) return brief_run(br, only, have_ob);
 #ifdef __clang__
     printf("compiler: clang %s, ", __clang_version__);
 #elif defined(__GNUC__)
@@ -406,6 +470,7 @@ int main(int argc, char **argv) {
     peak1 = fma_peak(1);
     if (th && atoi(th) >= 1) team = atoi(th);
     if (team != 2) printf("DTNH_BENCH_THREADS=%d: the \"2t\" columns below run on %d threads\n", team, team);
+    if (samples != 7) printf("DTNH_BENCH_SAMPLES=%d: %d timed samples per figure\n", samples, samples);
     bytes = dtnh_gemm_work_bytes(team);
     peak2 = fma_peak(team);
     printf("fp32 FMA peak (%s loop): %.1f GFLOP/s on 1 thread, %.1f on %d\n", isa_name(), peak1,
