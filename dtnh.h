@@ -981,7 +981,7 @@ DTNHDEF size_t dtnh_params_count(const dtnh_params *p, unsigned mask) {
 
 /* Block sizes (definable before the include, for tuning). The B block (KC x NC, 1 MiB) is
    packed once per K slice of NC columns, the A block (MC x KC) once per B block; dtnh__macro
-   says which of them stays in L1 while the other streams. Only KC changes the arithmetic (how
+   says which block's pieces stay in L1 while the other's stream. Only KC changes the arithmetic (how
    K is sliced). */
 #ifndef DTNH__KC
 #define DTNH__KC 256
@@ -1269,8 +1269,8 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, 
 /* The same for a panel packed by columns (element (r, k) at k*8 + r: a transposed A, the
    backward-data products): one pointer with the rows at fixed offsets, one forward stream,
    fewer registers and no index arithmetic per step (through the kernel above such panels ran
-   6-9% slower). Fetching the panel 128 floats ahead every other step measured 1-2% faster
-   than leaving it to the prefetchers. Packing a plain A this way too (8 x 8 transposes) gained
+   6-9% slower). Fetching the panel 128 floats ahead every other step (past its end only a
+   hint, never a load) measured 1-2% faster than leaving it to the prefetchers. Packing a plain A this way too (8 x 8 transposes) gained
    0-3% on plain products but lost 5-20% on convolutions' forward passes, so rows stay rows. */
 #define DTNH__ROWK(r)                                            \
     do {                                                         \
@@ -2058,7 +2058,7 @@ static void dtnh__tile(const dtnh__gemm *G, int kc, const float *a, const float 
 }
 
 /* One A block times one B block. With AVX-512 the tiles go down C's columns: each B sliver
-   (32 KiB) stays in L1 while the A block's panels stream from L2 (measured 1-4% faster than
+   (KC x NR floats, 32 KiB by default) stays in L1 while the A block's panels stream from L2 (measured 1-4% faster than
    along the rows, where each A panel stayed in L1 and the 1 MiB B block streamed from L2 and
    beyond). Elsewhere they follow C: along its rows for a row-major C, down its columns for a
    transposed one (with AVX2 both orders measured the same). */

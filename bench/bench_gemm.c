@@ -5,12 +5,13 @@
    libopenblas.so.0 can be loaded; then the convolution calls themselves (implicit im2col or
    direct), those layers and the width-16 28x28 network's (bench_resnet's configuration (c)).
    Run:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE make bench
-   Each figure is the median of 7 timed samples (wall clock). The machine is shared, so each
+   Each figure is the median of 7 timed samples (wall clock; DTNH_BENCH_SAMPLES below). The machine is shared, so each
    row also gives load-robust figures: at 1 thread GFLOP per second of the thread's own CPU
    time (time-slicing by other jobs does not count), at 2 threads the best sample.
    Env: DTNH_BENCH_THREADS=t runs the "2t" columns on t threads instead (a larger machine);
    DTNH_BENCH_SAMPLES=s takes s samples per figure (up to 63; more make the best samples
-   steadier where other machines' jobs share the caches and memory). */
+   steadier where other machines' jobs share the caches and memory); DTNH_BENCH_BRIEF (below)
+   prints one line per figure for tools/ab-bench. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #define DTNH_IMPLEMENTATION
 #include "../dtnh.h"
@@ -37,7 +38,7 @@ static double now(void) {
 static int team = 2; /* the thread count of the "2t" columns (DTNH_BENCH_THREADS) */
 /* DTNH_BENCH_BRIEF=gemm|conv|all|ob: one line per figure, 1 thread, CPU time only, of the GEMM
    shapes, the convolution calls, both, or OpenBLAS's GEMM on the shapes; for tools/ab-bench,
-   which runs the builds of two headers in turn */
+   which runs the builds of several headers in turn */
 static int brief = 0; /* 1 ours, 2 OpenBLAS */
 
 static void set_threads(int t) {
@@ -163,8 +164,9 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Seconds per call: median and best wall-clock sample, best calling-thread CPU time; 7
-   samples, each long enough (~30 ms) to time reliably. */
+/* Seconds per call: median (the upper middle one for an even count) and best wall-clock
+   sample, best calling-thread CPU time; `samples` samples, each long enough (~30 ms) to time
+   reliably. */
 typedef struct timing {
     double median, best, cpu;
 } timing;
@@ -407,8 +409,9 @@ static int brief_run(const char *what, const char *only, int have_ob) {
     int gemm = !strcmp(what, "gemm") || !strcmp(what, "all") || !strcmp(what, "ob");
     int conv = !strcmp(what, "conv") || !strcmp(what, "all");
     size_t i;
-    summary sm;
+    summary sm; /* not read in the brief mode */
     dtnh_work work;
+    memset(&sm, 0, sizeof sm);
     if (!gemm && !conv) {
         fprintf(stderr, "DTNH_BENCH_BRIEF=%s: expected gemm, conv, all or ob\n", what);
         return 2;
