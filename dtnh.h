@@ -981,8 +981,8 @@ DTNHDEF size_t dtnh_params_count(const dtnh_params *p, unsigned mask) {
 
 /* Block sizes (definable before the include, for tuning). The B block (KC x NC, 1 MiB) is
    packed once per K slice of NC columns, the A block (MC x KC) once per B block; dtnh__macro
-   says which block's pieces stay in L1 while the other's stream. Only KC changes the arithmetic (how
-   K is sliced). */
+   says which block's pieces stay in L1 while the other's stream. Only KC changes the
+   arithmetic (how K is sliced). */
 #ifndef DTNH__KC
 #define DTNH__KC 256
 #endif
@@ -1270,8 +1270,9 @@ static void dtnh__kernel(int kc, const float *DTNH__RESTRICT a, int rs, int ks, 
    backward-data products): one pointer with the rows at fixed offsets, one forward stream,
    fewer registers and no index arithmetic per step (through the kernel above such panels ran
    6-9% slower). Fetching the panel 128 floats ahead every other step (past its end only a
-   hint, never a load) measured 1-2% faster than leaving it to the prefetchers. Packing a plain A this way too (8 x 8 transposes) gained
-   0-3% on plain products but lost 5-20% on convolutions' forward passes, so rows stay rows. */
+   hint, never a load) measured 1-2% faster than leaving it to the prefetchers. Packing a plain
+   A this way too (8 x 8 transposes) gained 0-3% on plain products but lost 5-20% on
+   convolutions' forward passes, so rows stay rows. */
 #define DTNH__ROWK(r)                                            \
     do {                                                         \
         __m512 a_ = _mm512_set1_ps(a[r]);                         \
@@ -2058,10 +2059,10 @@ static void dtnh__tile(const dtnh__gemm *G, int kc, const float *a, const float 
 }
 
 /* One A block times one B block. With AVX-512 the tiles go down C's columns: each B sliver
-   (KC x NR floats, 32 KiB by default) stays in L1 while the A block's panels stream from L2 (measured 1-4% faster than
-   along the rows, where each A panel stayed in L1 and the 1 MiB B block streamed from L2 and
-   beyond). Elsewhere they follow C: along its rows for a row-major C, down its columns for a
-   transposed one (with AVX2 both orders measured the same). */
+   (KC x NR floats, 32 KiB by default) stays in L1 while the A block's panels stream from L2
+   (measured 1-4% faster than along the rows, where each A panel stayed in L1 and the 1 MiB B
+   block streamed from L2 and beyond). Elsewhere they follow C: along its rows for a row-major
+   C, down its columns for a transposed one (with AVX2 both orders measured the same). */
 #if defined(DTNH__AVX512)
 #define DTNH__TILES_DOWN_COLUMNS 1
 #else

@@ -5,9 +5,10 @@
    libopenblas.so.0 can be loaded; then the convolution calls themselves (implicit im2col or
    direct), those layers and the width-16 28x28 network's (bench_resnet's configuration (c)).
    Run:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE make bench
-   Each figure is the median of 7 timed samples (wall clock; DTNH_BENCH_SAMPLES below). The machine is shared, so each
-   row also gives load-robust figures: at 1 thread GFLOP per second of the thread's own CPU
-   time (time-slicing by other jobs does not count), at 2 threads the best sample.
+   Each figure is the median of 7 timed samples (wall clock; DTNH_BENCH_SAMPLES below). The
+   machine is shared, so each row also gives load-robust figures: at 1 thread GFLOP per second
+   of the thread's own CPU time (time-slicing by other jobs does not count), at 2 threads the
+   best sample.
    Env: DTNH_BENCH_THREADS=t runs the "2t" columns on t threads instead (a larger machine);
    DTNH_BENCH_SAMPLES=s takes s samples per figure (up to 63; more make the best samples
    steadier where other machines' jobs share the caches and memory); DTNH_BENCH_BRIEF (below)
@@ -404,11 +405,38 @@ static void bench_conv_layer(const conv_layer *L, double peak1) {
     free(j.y); free(j.dx); free(j.dw); free(mem);
 }
 
+/* The GEMM rows: each layer's forward, backward-data and backward-weights shapes. */
+static void bench_gemm_shapes(const char *only, const dtnh_work *work, double peak1, int have_ob,
+                              summary *sm) {
+    size_t i;
+    for (i = 0; i < sizeof layers / sizeof layers[0]; i++) {
+        const conv_layer *L = &layers[i];
+        int o = (L->h + 2 * L->pad - L->k) / L->stride + 1, kk = L->c_in * L->k * L->k;
+        int cols = L->n * o * o, small = strstr(L->name, "c32 layer4") != NULL;
+        if (only && !strstr(L->name, only)) continue;
+        bench_gemm_shape(L->name, "fwd", DTNH_NO_TRANS, DTNH_NO_TRANS, L->c_out, cols, kk, small,
+                         work, peak1, have_ob, sm);
+        if (L->c_in > 3) /* the stem's input gradient is never needed */
+            bench_gemm_shape(L->name, "bwdD", DTNH_TRANS, DTNH_NO_TRANS, kk, cols, L->c_out, small,
+                             work, peak1, have_ob, sm);
+        bench_gemm_shape(L->name, "bwdW", DTNH_NO_TRANS, DTNH_TRANS, L->c_out, kk, cols, small,
+                         work, peak1, have_ob, sm);
+    }
+}
+
+/* The convolution rows: those layers' calls, then configuration (c)'s. */
+static void bench_conv_layers(const char *only, double peak1) {
+    size_t i;
+    for (i = 0; i < sizeof layers / sizeof layers[0]; i++)
+        if (!only || strstr(layers[i].name, only)) bench_conv_layer(&layers[i], peak1);
+    for (i = 0; i < sizeof conv_only_layers / sizeof conv_only_layers[0]; i++)
+        if (!only || strstr(conv_only_layers[i].name, only)) bench_conv_layer(&conv_only_layers[i], peak1);
+}
+
 /* The brief mode's figures (see `brief`). */
 static int brief_run(const char *what, const char *only, int have_ob) {
     int gemm = !strcmp(what, "gemm") || !strcmp(what, "all") || !strcmp(what, "ob");
     int conv = !strcmp(what, "conv") || !strcmp(what, "all");
-    size_t i;
     summary sm; /* not read in the brief mode */
     dtnh_work work;
     memset(&sm, 0, sizeof sm);
@@ -424,20 +452,8 @@ static int brief_run(const char *what, const char *only, int have_ob) {
     work.bytes = dtnh_gemm_work_bytes(1);
     work.buf = malloc(work.bytes);
     work.threads = 1;
-    for (i = 0; gemm && i < sizeof layers / sizeof layers[0]; i++) {
-        const conv_layer *L = &layers[i];
-        int o = (L->h + 2 * L->pad - L->k) / L->stride + 1, kk = L->c_in * L->k * L->k;
-        int cols = L->n * o * o;
-        if (only && !strstr(L->name, only)) continue;
-        bench_gemm_shape(L->name, "fwd", DTNH_NO_TRANS, DTNH_NO_TRANS, L->c_out, cols, kk, 0, &work, 1.0, 0, &sm);
-        if (L->c_in > 3)
-            bench_gemm_shape(L->name, "bwdD", DTNH_TRANS, DTNH_NO_TRANS, kk, cols, L->c_out, 0, &work, 1.0, 0, &sm);
-        bench_gemm_shape(L->name, "bwdW", DTNH_NO_TRANS, DTNH_TRANS, L->c_out, kk, cols, 0, &work, 1.0, 0, &sm);
-    }
-    for (i = 0; conv && i < sizeof layers / sizeof layers[0]; i++)
-        if (!only || strstr(layers[i].name, only)) bench_conv_layer(&layers[i], 1.0);
-    for (i = 0; conv && i < sizeof conv_only_layers / sizeof conv_only_layers[0]; i++)
-        if (!only || strstr(conv_only_layers[i].name, only)) bench_conv_layer(&conv_only_layers[i], 1.0);
+    if (gemm) bench_gemm_shapes(only, &work, 1.0, 0, &sm);
+    if (conv) bench_conv_layers(only, 1.0);
     free(work.buf);
     return 0;
 }
@@ -448,7 +464,7 @@ int main(int argc, char **argv) {
     const char *th = getenv("DTNH_BENCH_THREADS"), *sm_env = getenv("DTNH_BENCH_SAMPLES");
     const char *br = getenv("DTNH_BENCH_BRIEF");
     int have_ob = load_openblas(), nthreads = dtnh_threads();
-    size_t i, bytes;
+    size_t bytes;
     dtnh_work work;
     summary sm;
     FILE *f = fopen("/proc/loadavg", "r");
@@ -501,19 +517,7 @@ int main(int argc, char **argv) {
         printf(" | %6s %6s %6s %6s | %6s %6s %6s %6s %7s", "OB1med", "vs OB", "OB1cpu", "vs OB",
                "OB2med", "vs OB", "OB2bst", "vs OB", "maxdiff");
     printf("\n");
-    for (i = 0; i < sizeof layers / sizeof layers[0]; i++) {
-        const conv_layer *L = &layers[i];
-        int o = (L->h + 2 * L->pad - L->k) / L->stride + 1, kk = L->c_in * L->k * L->k;
-        int cols = L->n * o * o, small = strstr(L->name, "c32 layer4") != NULL;
-        if (only && !strstr(L->name, only)) continue;
-        bench_gemm_shape(L->name, "fwd", DTNH_NO_TRANS, DTNH_NO_TRANS, L->c_out, cols, kk, small,
-                         &work, peak1, have_ob, &sm);
-        if (L->c_in > 3) /* the stem's input gradient is never needed */
-            bench_gemm_shape(L->name, "bwdD", DTNH_TRANS, DTNH_NO_TRANS, kk, cols, L->c_out, small,
-                             &work, peak1, have_ob, &sm);
-        bench_gemm_shape(L->name, "bwdW", DTNH_NO_TRANS, DTNH_TRANS, L->c_out, kk, cols, small,
-                         &work, peak1, have_ob, &sm);
-    }
+    bench_gemm_shapes(only, &work, peak1, have_ob, &sm);
     printf("\nsummary (median wall clock | load-robust: cpu at 1 thread, best at 2):\n");
     printf("  1 thread, M,N,K >= 256: min %.1f%% | %.1f%% of the FMA peak\n", 100 * sm.min_big,
            100 * sm.min_big_r);
@@ -527,10 +531,7 @@ int main(int argc, char **argv) {
     printf("\nconvolution calls (implicit im2col), GFLOP/s (2*c_out*n*oh*ow*c_in*k*k per pass)\n");
     printf("%-15s %-4s | %6s %6s %6s | %6s %6s %6s | %9s\n", "layer", "pass", "1t med", "1t cpu",
            "%peak", "2t med", "2t bst", "2/1", "work");
-    for (i = 0; i < sizeof layers / sizeof layers[0]; i++)
-        if (!only || strstr(layers[i].name, only)) bench_conv_layer(&layers[i], peak1);
-    for (i = 0; i < sizeof conv_only_layers / sizeof conv_only_layers[0]; i++)
-        if (!only || strstr(conv_only_layers[i].name, only)) bench_conv_layer(&conv_only_layers[i], peak1);
+    bench_conv_layers(only, peak1);
     f = fopen("/proc/loadavg", "r");
     if (f) {
         if (!fgets(load, sizeof load, f)) strcpy(load, "?");
