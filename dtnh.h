@@ -2094,19 +2094,44 @@ static void dtnh__macro(const dtnh__gemm *G, int kc, const float *abuf, int ic, 
 #endif
 
 static void dtnh__gemm_range_few_rows(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
-                                      int n_lo, int n_hi, float *abuf, float *bbuf) {
+                                      int n_lo, int n_hi, int k_lo, int k_hi, float *abuf,
+                                      float *bbuf) {
     int jb, jc, pc, ir, mc = m_hi - m_lo;
     for (jb = n_lo; jb < n_hi; jb += P->nc) {
         int jb_end = dtnh__kmin(jb + P->nc, n_hi);
-        for (pc = 0; pc < G->K; pc += P->kc) {
-            int kc = dtnh__kmin(P->kc, G->K - pc);
+        for (pc = k_lo; pc < k_hi; pc += P->kc) {
+            int kc = dtnh__kmin(P->kc, k_hi - pc);
             dtnh__pack_a(G, m_lo, mc, pc, kc, abuf);
             for (jc = jb; jc < jb_end; jc += DTNH__NR) {
                 int nr = dtnh__kmin(DTNH__NR, jb_end - jc);
                 dtnh__pack_b(G, pc, kc, jc, nr, bbuf);
                 for (ir = 0; ir < mc; ir += DTNH__MR)
                     dtnh__tile(G, kc, abuf + (size_t)(ir / DTNH__MR) * dtnh__panel_stride(kc), bbuf,
-                               m_lo + ir, dtnh__kmin(DTNH__MR, mc - ir), jc, nr, pc == 0);
+                               m_lo + ir, dtnh__kmin(DTNH__MR, mc - ir), jc, nr, pc == k_lo);
+            }
+        }
+    }
+}
+
+/* The general case: B blocks of NC columns, A blocks of MC rows, K slices [k_lo, k_hi) (a
+   slice starts at a multiple of kc; the first one overwrites C). */
+static void dtnh__gemm_range_packed(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
+                                    int n_lo, int n_hi, int k_lo, int k_hi, float *abuf,
+                                    float *bbuf) {
+    int jc, pc, ic;
+    if (m_hi - m_lo <= DTNH__FEW_ROWS && m_hi - m_lo <= P->mc) {
+        dtnh__gemm_range_few_rows(G, P, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi, abuf, bbuf);
+        return;
+    }
+    for (jc = n_lo; jc < n_hi; jc += P->nc) {
+        int nc = dtnh__kmin(P->nc, n_hi - jc);
+        for (pc = k_lo; pc < k_hi; pc += P->kc) {
+            int kc = dtnh__kmin(P->kc, k_hi - pc);
+            dtnh__pack_b(G, pc, kc, jc, nc, bbuf);
+            for (ic = m_lo; ic < m_hi; ic += P->mc) {
+                int mc = dtnh__kmin(P->mc, m_hi - ic);
+                dtnh__pack_a(G, ic, mc, pc, kc, abuf);
+                dtnh__macro(G, kc, abuf, ic, mc, bbuf, jc, nc, pc == k_lo);
             }
         }
     }
@@ -2622,7 +2647,6 @@ static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, in
 /* C rows [m_lo, m_hi) x columns [n_lo, n_hi), all of K, on one thread's buffers. */
 static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                              int n_lo, int n_hi, float *abuf, float *bbuf) {
-    int jc, pc, ic;
 #if defined(DTNH__AVX512)
     if (dtnh__padded_ok(G, P)) {
         dtnh__gemm_range_padded(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
@@ -2637,22 +2661,7 @@ static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo,
         return;
     }
 #endif
-    if (m_hi - m_lo <= DTNH__FEW_ROWS && m_hi - m_lo <= P->mc) {
-        dtnh__gemm_range_few_rows(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
-        return;
-    }
-    for (jc = n_lo; jc < n_hi; jc += P->nc) {
-        int nc = dtnh__kmin(P->nc, n_hi - jc);
-        for (pc = 0; pc < G->K; pc += P->kc) {
-            int kc = dtnh__kmin(P->kc, G->K - pc);
-            dtnh__pack_b(G, pc, kc, jc, nc, bbuf);
-            for (ic = m_lo; ic < m_hi; ic += P->mc) {
-                int mc = dtnh__kmin(P->mc, m_hi - ic);
-                dtnh__pack_a(G, ic, mc, pc, kc, abuf);
-                dtnh__macro(G, kc, abuf, ic, mc, bbuf, jc, nc, pc == 0);
-            }
-        }
-    }
+    dtnh__gemm_range_packed(G, P, m_lo, m_hi, n_lo, n_hi, 0, G->K, abuf, bbuf);
 }
 
 static int dtnh__omp_thread(void) {
@@ -2716,10 +2725,112 @@ static void dtnh__share(int n, int size, int t, int T, int *lo, int *hi) {
     *hi = dtnh__kmin(n, units * (t + 1) / T * size);
 }
 
+/* Thread t of nt: its share of C's columns (by_cols) or rows, all of K. */
+static void dtnh__gemm_share(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P,
+                             int by_cols, int t, int nt) {
+    float *abuf = dtnh__thread_buf(work, P, t);
+    int m_lo = 0, m_hi = G->M, n_lo = 0, n_hi = G->N;
+    if (by_cols) dtnh__share(G->N, dtnh__column_unit(G->N, nt), t, nt, &n_lo, &n_hi);
+    else dtnh__share(G->M, DTNH__MR, t, nt, &m_lo, &m_hi);
+    if (m_lo < m_hi && n_lo < n_hi) dtnh__gemm_range(G, P, m_lo, m_hi, n_lo, n_hi, abuf, abuf + P->a_floats);
+}
+
+/* ---- long K, small C: the product cut into parts along K ------------------------------------
+   The stem's backward-weights (64 x 147 over K = 100352) shared by columns makes every thread
+   pack all of A, and 147 columns split 80 + 67: 1.5-1.7x on two threads. Where C is small and
+   K long, K is cut instead into parts of whole K slices; each part's product goes to a buffer
+   of its own, and at the end the parts are added in order and blended into C. The number of
+   parts depends on the shape alone, never on the thread count, so any thread count gives the
+   same bits (but not the bits of the uncut product). */
+#define DTNH__KPARTS_MAX 16     /* up to 16 threads share one product */
+#define DTNH__KPART_SLICES 4    /* fewest K slices in a part */
+#define DTNH__KPARTS_SLICES 16  /* fewest K slices in a product that is cut */
+#define DTNH__KPARTS_C 16384    /* largest C (elements) that is cut */
+
+static int dtnh__plain_kind(int kind) { return kind == DTNH__ROWS || kind == DTNH__COLS; }
+
+static size_t dtnh__part_floats(const dtnh__gemm *G) {
+    return ((size_t)G->M * (size_t)G->N + 15) / 16 * 16;
+}
+
+/* How many parts (1: not cut). Only plain operands (dtnh_sgemm's) over 16 K slices or more:
+   shorter products keep the bits of the uncut chain, which the convolutions' own paths give
+   too (a test checks them against im2col and dtnh_sgemm). Only as many parts as fit beside
+   the packed blocks in one thread's share of dtnh_gemm_work_bytes. */
+static int dtnh__k_parts(const dtnh__gemm *G, const dtnh__plan *P) {
+    dtnh__plan full;
+    size_t room;
+    int slices = (G->K + P->kc - 1) / P->kc;
+    int parts = dtnh__kmin(DTNH__KPARTS_MAX, slices / DTNH__KPART_SLICES);
+    if (!dtnh__plain_kind(G->a.kind) || !dtnh__plain_kind(G->b.kind) ||
+        (size_t)G->M * (size_t)G->N > DTNH__KPARTS_C || slices < DTNH__KPARTS_SLICES)
+        return 1;
+    dtnh__plan_make(DTNH__MC, DTNH__NC, DTNH__KC, 0, &full);
+    room = full.a_floats + full.b_floats - P->a_floats - P->b_floats;
+    if ((size_t)parts > room / dtnh__part_floats(G)) parts = (int)(room / dtnh__part_floats(G));
+    return parts < 2 ? 1 : parts;
+}
+
+/* Part p's product: in the buffer of the thread that computed it, after its packed blocks. */
+static float *dtnh__part_buf(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P, int p,
+                             int parts, int nt) {
+    int t, lo = 0, hi = 0;
+    for (t = 0; t < nt; t++) {
+        dtnh__share(parts, 1, t, nt, &lo, &hi);
+        if (p < hi) break;
+    }
+    return dtnh__thread_buf(work, P, t) + P->a_floats + P->b_floats +
+           (size_t)(p - lo) * dtnh__part_floats(G);
+}
+
+/* Rows [m_lo, m_hi) of C: the parts summed in order, blended in as a first K slice. */
+static void dtnh__add_parts(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P,
+                            int parts, int nt, int m_lo, int m_hi) {
+    DTNH_ALIGNED(64) float tile[DTNH__MR * DTNH__NR];
+    int m0, n0, r, q, p;
+    for (m0 = m_lo; m0 < m_hi; m0 += DTNH__MR)
+        for (n0 = 0; n0 < G->N; n0 += DTNH__NR) {
+            int mr = dtnh__kmin(DTNH__MR, m_hi - m0), nr = dtnh__kmin(DTNH__NR, G->N - n0);
+            for (p = 0; p < parts; p++) {
+                const float *src = dtnh__part_buf(G, work, P, p, parts, nt) + (size_t)m0 * G->N + n0;
+                for (r = 0; r < mr; r++)
+                    for (q = 0; q < nr; q++) {
+                        float v = src[(size_t)r * G->N + q];
+                        tile[r * DTNH__NR + q] = p ? tile[r * DTNH__NR + q] + v : v;
+                    }
+            }
+            dtnh__store_tile(G, m0, mr, n0, nr, tile, 1);
+        }
+}
+
+/* Thread t of nt: its share of the parts, then (once all are done) its share of C's rows. */
+static void dtnh__gemm_parts(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P,
+                             int parts, int t, int nt) {
+    float *abuf = dtnh__thread_buf(work, P, t);
+    int slices = (G->K + P->kc - 1) / P->kc, lo, hi, p, m_lo, m_hi;
+    dtnh__share(parts, 1, t, nt, &lo, &hi);
+    for (p = lo; p < hi; p++) {
+        dtnh__gemm part = *G;
+        int s_lo, s_hi;
+        dtnh__share(slices, 1, p, parts, &s_lo, &s_hi);
+        part.alpha = 1.0f;
+        part.beta = 0.0f;
+        part.bias = NULL;
+        part.c = dtnh__view_plain(DTNH__ROWS, dtnh__part_buf(G, work, P, p, parts, nt), (size_t)G->N);
+        dtnh__gemm_range_packed(&part, P, 0, G->M, 0, G->N, s_lo * P->kc,
+                                dtnh__kmin(G->K, s_hi * P->kc), abuf, abuf + P->a_floats);
+    }
+    DTNH__OMP(barrier)
+    dtnh__share(G->M, DTNH__MR, t, nt, &m_lo, &m_hi);
+    if (m_lo < m_hi) dtnh__add_parts(G, work, P, parts, nt, m_lo, m_hi);
+}
+
 static void dtnh__gemm_run(const dtnh__gemm *G, const dtnh_work *work) {
     dtnh__plan P;
-    int T, by_cols;
+    int T, by_cols, parts;
     dtnh__plan_make(G->M, G->N, G->K, 0, &P);
+    parts = dtnh__k_parts(G, &P);
+    if (parts > 1) dtnh__plan_make(G->M, G->N, G->K, (size_t)parts * dtnh__part_floats(G), &P);
     T = dtnh__threads_for(work, P.thread_bytes, (double)G->M * G->N * G->K);
     by_cols = dtnh__split_columns(G, T);
     (void)T; /* used only by the pragma */
@@ -2733,11 +2844,9 @@ static void dtnh__gemm_run(const dtnh__gemm *G, const dtnh_work *work) {
 #endif
     DTNH__OMP(parallel num_threads(T) if (T > 1))
     {
-        int t = dtnh__omp_thread(), nt = dtnh__omp_team(), m_lo = 0, m_hi = G->M, n_lo = 0, n_hi = G->N;
-        float *abuf = dtnh__thread_buf(work, &P, t);
-        if (by_cols) dtnh__share(G->N, dtnh__column_unit(G->N, nt), t, nt, &n_lo, &n_hi);
-        else dtnh__share(G->M, DTNH__MR, t, nt, &m_lo, &m_hi);
-        if (m_lo < m_hi && n_lo < n_hi) dtnh__gemm_range(G, &P, m_lo, m_hi, n_lo, n_hi, abuf, abuf + P.a_floats);
+        int t = dtnh__omp_thread(), nt = dtnh__omp_team();
+        if (parts > 1) dtnh__gemm_parts(G, work, &P, parts, t, nt);
+        else dtnh__gemm_share(G, work, &P, by_cols, t, nt);
     }
 }
 

@@ -87,7 +87,8 @@ static int gemm_case_ok(const gemm_case *t, const dtnh_work *work, dtnh_rng *r, 
 static const int shapes[][3] = {
     {1, 1, 1},    {1, 7, 1},     {7, 1, 13},   {2, 3, 5},    {13, 17, 19},  {31, 37, 41},
     {8, 32, 16},  {9, 33, 17},   {67, 71, 73}, {6, 16, 300}, {130, 97, 261}, {257, 5, 3},
-    {3, 1031, 7}, {16, 48, 513}, {300, 40, 20}, {49, 130, 64}, {24, 1, 600}, {1, 300, 257}};
+    {3, 1031, 7}, {16, 48, 513}, {300, 40, 20}, {49, 130, 64}, {24, 1, 600}, {1, 300, 257},
+    {11, 23, 4100}}; /* the last: a small C over a long K, cut into parts along K */
 
 static void gemm_matches_reference_on_awkward_shapes(void) {
     dtnh_work w;
@@ -158,14 +159,14 @@ static void gemm_without_work_runs_unpacked(void) {
     }
 }
 
-/* The same bits with one and with two threads, for shapes split along M and along N (147
-   columns: in half slivers). */
+/* The same bits with one, two and three threads, for shapes split along M and along N (147
+   columns: in half slivers) and along K (the last two: small Cs over long Ks, in 6 and 16
+   parts, the most there are; 3 threads take 2, or 5 or 6 of them). */
 static void gemm_is_identical_for_any_thread_count(void) {
-    /* the last: a 27-column shape (the stem's backward-weights) over many blocks of K */
     static const int big[][3] = {{200, 300, 280}, {300, 24, 270}, {24, 700, 90}, {97, 530, 600},
-                                 {64, 147, 700}, {64, 27, 3000}};
-    dtnh_work w1, w2;
-    void *m1 = gemm_work(&w1, 1), *m2 = gemm_work(&w2, 2);
+                                 {64, 147, 700}, {64, 27, 6000}, {40, 50, 20000}};
+    dtnh_work w1, w2, w3;
+    void *m1 = gemm_work(&w1, 1), *m2 = gemm_work(&w2, 2), *m3 = gemm_work(&w3, 3);
     dtnh_rng r;
     size_t s;
     int t, same = 1;
@@ -176,16 +177,21 @@ static void gemm_is_identical_for_any_thread_count(void) {
             dtnh_trans ta = (dtnh_trans)(t & 1), tb = (dtnh_trans)(t >> 1);
             float *A = random_floats((size_t)M * K, &r), *B = random_floats((size_t)K * N, &r);
             float *C1 = random_floats((size_t)M * N, &r), *C2 = (float *)malloc((size_t)M * N * 4);
+            float *C3 = (float *)malloc((size_t)M * N * 4);
             memcpy(C2, C1, (size_t)M * N * sizeof(float));
+            memcpy(C3, C1, (size_t)M * N * sizeof(float));
             set_threads(1);
             dtnh_sgemm(ta, tb, M, N, K, 1.5f, A, ta ? M : K, B, tb ? K : N, 0.5f, C1, N, &w1);
             set_threads(2);
             dtnh_sgemm(ta, tb, M, N, K, 1.5f, A, ta ? M : K, B, tb ? K : N, 0.5f, C2, N, &w2);
-            same = memcmp(C1, C2, (size_t)M * N * sizeof(float)) == 0;
-            free(A); free(B); free(C1); free(C2);
+            set_threads(3);
+            dtnh_sgemm(ta, tb, M, N, K, 1.5f, A, ta ? M : K, B, tb ? K : N, 0.5f, C3, N, &w3);
+            same = memcmp(C1, C2, (size_t)M * N * sizeof(float)) == 0 &&
+                   memcmp(C1, C3, (size_t)M * N * sizeof(float)) == 0;
+            free(A); free(B); free(C1); free(C2); free(C3);
         }
     set_threads(dtnh_threads());
-    free(m1); free(m2);
+    free(m1); free(m2); free(m3);
     CHECK(same);
 }
 
