@@ -2738,14 +2738,14 @@ static void dtnh__gemm_share(const dtnh__gemm *G, const dtnh_work *work, const d
 /* ---- long K, small C: the product cut into parts along K ------------------------------------
    The stem's backward-weights (64 x 147 over K = 100352) shared by columns makes every thread
    pack all of A, and 147 columns split 80 + 67: 1.5-1.7x on two threads. Where C is small and
-   K long, K is cut instead into parts of whole K slices; each part's product goes to a buffer
-   of its own, and at the end the parts are added in order and blended into C. The number of
-   parts depends on the shape alone, never on the thread count, so any thread count gives the
-   same bits (but not the bits of the uncut product). */
-#define DTNH__KPARTS_MAX 16     /* up to 16 threads share one product */
-#define DTNH__KPART_SLICES 4    /* fewest K slices in a part */
-#define DTNH__KPARTS_SLICES 16  /* fewest K slices in a product that is cut */
-#define DTNH__KPARTS_C 16384    /* largest C (elements) that is cut */
+   K long, K is cut instead into parts of whole K slices, which the threads share; each part's
+   product goes to a buffer of its own, and at the end the parts are added in order and
+   blended into C. The number of parts depends on the shape alone, never on the thread count,
+   so any thread count gives the same bits (but not the bits of the uncut product). */
+#define DTNH__KPARTS_MAX 16          /* up to 16 threads share one product */
+#define DTNH__KPART_MADDS 1048576.0  /* fewest multiply-adds in a part */
+#define DTNH__KPARTS_SLICES 16       /* fewest K slices in a product that is cut */
+#define DTNH__KPARTS_C 32768         /* largest C (elements) that is cut */
 
 static int dtnh__plain_kind(int kind) { return kind == DTNH__ROWS || kind == DTNH__COLS; }
 
@@ -2753,22 +2753,24 @@ static size_t dtnh__part_floats(const dtnh__gemm *G) {
     return ((size_t)G->M * (size_t)G->N + 15) / 16 * 16;
 }
 
-/* How many parts (1: not cut). Only plain operands (dtnh_sgemm's) over 16 K slices or more:
-   shorter products keep the bits of the uncut chain, which the convolutions' own paths give
-   too (a test checks them against im2col and dtnh_sgemm). Only as many parts as fit beside
-   the packed blocks in one thread's share of dtnh_gemm_work_bytes. */
+/* How many parts (1: not cut): a power of two, so 2, 4 or 8 threads get equal shares; each
+   part a K slice or more and 2^20 multiply-adds or more; no more than fit beside the packed
+   blocks in one thread's share of dtnh_gemm_work_bytes. Only plain operands (dtnh_sgemm's)
+   over 16 K slices or more: the convolutions' own paths never cut, and shorter products keep
+   the bits of the uncut chain, which a test compares with theirs. */
 static int dtnh__k_parts(const dtnh__gemm *G, const dtnh__plan *P) {
     dtnh__plan full;
-    size_t room;
-    int slices = (G->K + P->kc - 1) / P->kc;
-    int parts = dtnh__kmin(DTNH__KPARTS_MAX, slices / DTNH__KPART_SLICES);
+    double madds = (double)G->M * G->N * G->K, most;
+    int parts = 1, slices = (G->K + P->kc - 1) / P->kc;
     if (!dtnh__plain_kind(G->a.kind) || !dtnh__plain_kind(G->b.kind) ||
         (size_t)G->M * (size_t)G->N > DTNH__KPARTS_C || slices < DTNH__KPARTS_SLICES)
         return 1;
     dtnh__plan_make(DTNH__MC, DTNH__NC, DTNH__KC, 0, &full);
-    room = full.a_floats + full.b_floats - P->a_floats - P->b_floats;
-    if ((size_t)parts > room / dtnh__part_floats(G)) parts = (int)(room / dtnh__part_floats(G));
-    return parts < 2 ? 1 : parts;
+    most = (double)(full.a_floats + full.b_floats - P->a_floats - P->b_floats) / dtnh__part_floats(G);
+    if (most > madds / DTNH__KPART_MADDS) most = madds / DTNH__KPART_MADDS;
+    if (most > slices) most = slices;
+    while (parts < DTNH__KPARTS_MAX && parts * 2 <= most) parts *= 2;
+    return parts;
 }
 
 /* Part p's product: in the buffer of the thread that computed it, after its packed blocks. */

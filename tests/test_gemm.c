@@ -88,7 +88,7 @@ static const int shapes[][3] = {
     {1, 1, 1},    {1, 7, 1},     {7, 1, 13},   {2, 3, 5},    {13, 17, 19},  {31, 37, 41},
     {8, 32, 16},  {9, 33, 17},   {67, 71, 73}, {6, 16, 300}, {130, 97, 261}, {257, 5, 3},
     {3, 1031, 7}, {16, 48, 513}, {300, 40, 20}, {49, 130, 64}, {24, 1, 600}, {1, 300, 257},
-    {11, 23, 4100}}; /* the last: a small C over a long K, cut into parts along K */
+    {24, 35, 6000}}; /* the last: a small C over a long K, cut into 4 parts along K */
 
 static void gemm_matches_reference_on_awkward_shapes(void) {
     dtnh_work w;
@@ -160,8 +160,8 @@ static void gemm_without_work_runs_unpacked(void) {
 }
 
 /* The same bits with one, two and three threads, for shapes split along M and along N (147
-   columns: in half slivers) and along K (the last two: small Cs over long Ks, in 6 and 16
-   parts, the most there are; 3 threads take 2, or 5 or 6 of them). */
+   columns: in half slivers) and along K (the last two: small Cs over long Ks, in 8 and 16
+   parts, the most there are; 3 threads take 2 or 3, or 5 or 6 of them). */
 static void gemm_is_identical_for_any_thread_count(void) {
     static const int big[][3] = {{200, 300, 280}, {300, 24, 270}, {24, 700, 90}, {97, 530, 600},
                                  {64, 147, 700}, {64, 27, 6000}, {40, 50, 20000}};
