@@ -957,7 +957,9 @@ DTNHDEF size_t dtnh_params_count(const dtnh_params *p, unsigned mask) {
    batch-folded), so convolutions run on the same engine without unfolding their input, and
    the write-back likewise maps a tile of C onto a plain, transposed or batch-folded output.
    Determinism: each element of C is a chain of FMAs over k in order inside a KC slice, and the
-   slices are added in order; threads only choose which tiles they compute. */
+   slices are added in order; threads only choose which tiles they compute. (A long product
+   with a small C is cut along K into parts whose number the shape alone sets: see
+   dtnh__k_parts.) */
 
 #if !defined(DTNH_NO_SIMD) && defined(__AVX512F__)
 #include <immintrin.h>
@@ -1995,13 +1997,14 @@ static void dtnh__store_tile(const dtnh__gemm *G, int m0, int mr, int n0, int nr
 /* Block sizes for one multiplication. Only kc changes the arithmetic (how K is sliced), and it
    depends on K alone; mc and nc shrink to the matrix so small products need little work. */
 typedef struct dtnh__plan {
-    int mc, nc, kc;
+    int mc, nc, kc, slices; /* slices: of K, kc each but the last */
     size_t a_floats, b_floats, extra_floats, thread_bytes;
 } dtnh__plan;
 
 static void dtnh__plan_make(int M, int N, int K, size_t extra_floats, dtnh__plan *p) {
     int slices = (K + DTNH__KC - 1) / DTNH__KC;
     p->kc = (K + slices - 1) / slices;
+    p->slices = (K + p->kc - 1) / p->kc;
     p->mc = dtnh__kmin(DTNH__MC / DTNH__MR * DTNH__MR, dtnh__kround_up(M, DTNH__MR));
     p->nc = dtnh__kmin(DTNH__NC / DTNH__NR * DTNH__NR, dtnh__kround_up(N, DTNH__NR));
     /* 16-float multiples keep every buffer 64-byte aligned */
@@ -2009,6 +2012,11 @@ static void dtnh__plan_make(int M, int N, int K, size_t extra_floats, dtnh__plan
     p->b_floats = (size_t)(p->nc / DTNH__NR) * ((dtnh__sliver_stride(p->kc) + 15) / 16 * 16);
     p->extra_floats = extra_floats;
     p->thread_bytes = ((p->a_floats + p->b_floats + extra_floats) * sizeof(float) + 63) / 64 * 64;
+}
+
+/* The largest blocks: what dtnh_gemm_work_bytes gives each thread. */
+static void dtnh__plan_default(dtnh__plan *p) {
+    dtnh__plan_make(DTNH__MC, DTNH__NC, DTNH__KC, 0, p);
 }
 
 /* Where a full tile can be blended in place: plain rows of C, or a folded output whose tile
@@ -2113,8 +2121,8 @@ static void dtnh__gemm_range_few_rows(const dtnh__gemm *G, const dtnh__plan *P, 
     }
 }
 
-/* The general case: B blocks of NC columns, A blocks of MC rows, K slices [k_lo, k_hi) (a
-   slice starts at a multiple of kc; the first one overwrites C). */
+/* The general case: B blocks of NC columns, A blocks of MC rows, K slices [k_lo, k_hi) (each
+   starting at a multiple of kc; the first one blends into C with beta, the others add). */
 static void dtnh__gemm_range_packed(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
                                     int n_lo, int n_hi, int k_lo, int k_hi, float *abuf,
                                     float *bbuf) {
@@ -2732,20 +2740,19 @@ static void dtnh__gemm_share(const dtnh__gemm *G, const dtnh_work *work, const d
     int m_lo = 0, m_hi = G->M, n_lo = 0, n_hi = G->N;
     if (by_cols) dtnh__share(G->N, dtnh__column_unit(G->N, nt), t, nt, &n_lo, &n_hi);
     else dtnh__share(G->M, DTNH__MR, t, nt, &m_lo, &m_hi);
-    if (m_lo < m_hi && n_lo < n_hi) dtnh__gemm_range(G, P, m_lo, m_hi, n_lo, n_hi, abuf, abuf + P->a_floats);
+    if (m_lo < m_hi && n_lo < n_hi)
+        dtnh__gemm_range(G, P, m_lo, m_hi, n_lo, n_hi, abuf, abuf + P->a_floats);
 }
 
 /* ---- long K, small C: the product cut into parts along K ------------------------------------
    The stem's backward-weights (64 x 147 over K = 100352) shared by columns makes every thread
    pack all of A, and 147 columns split 80 + 67: 1.5-1.7x on two threads. Where C is small and
-   K long, K is cut instead into parts of whole K slices, which the threads share; each part's
-   product goes to a buffer of its own, and at the end the parts are added in order and
-   blended into C. The number of parts depends on the shape alone, never on the thread count,
-   so any thread count gives the same bits (but not the bits of the uncut product). */
-#define DTNH__KPARTS_MAX 16          /* up to 16 threads share one product */
-#define DTNH__KPART_MADDS 1048576.0  /* fewest multiply-adds in a part */
-#define DTNH__KPARTS_SLICES 16       /* fewest K slices in a product that is cut */
-#define DTNH__KPARTS_C 32768         /* largest C (elements) that is cut */
+   K long, K is cut instead into 16 parts of whole K slices, which the threads share; each
+   part's product goes to a buffer of its own, and at the end the parts are added in order and
+   blended into C. Whether a product is cut depends on its shape alone, never on the thread
+   count, so any thread count gives the same bits (but not the bits of the uncut product).
+   Threads beyond 16 wait. */
+#define DTNH__KPARTS 16
 
 static int dtnh__plain_kind(int kind) { return kind == DTNH__ROWS || kind == DTNH__COLS; }
 
@@ -2753,89 +2760,82 @@ static size_t dtnh__part_floats(const dtnh__gemm *G) {
     return ((size_t)G->M * (size_t)G->N + 15) / 16 * 16;
 }
 
-/* How many parts (1: not cut): a power of two, so 2, 4 or 8 threads get equal shares; each
-   part a K slice or more and 2^20 multiply-adds or more; no more than fit beside the packed
-   blocks in one thread's share of dtnh_gemm_work_bytes. Only plain operands (dtnh_sgemm's)
-   over 16 K slices or more: the convolutions' own paths never cut, and shorter products keep
-   the bits of the uncut chain, which a test compares with theirs. */
-static int dtnh__k_parts(const dtnh__gemm *G, const dtnh__plan *P) {
+/* Whether to cut: plain operands (dtnh_sgemm's); a K slice or more, and as many multiply-adds
+   as make a second thread worth it, per part; all parts fitting beside the packed blocks in
+   one thread's share of dtnh_gemm_work_bytes. Products under 16 K slices stay whole: the
+   convolutions' own paths never cut, and a test compares their bits with dtnh_sgemm's on such
+   products. */
+static int dtnh__k_cut(const dtnh__gemm *G, const dtnh__plan *P) {
     dtnh__plan full;
-    double madds = (double)G->M * G->N * G->K, most;
-    int parts = 1, slices = (G->K + P->kc - 1) / P->kc;
-    if (!dtnh__plain_kind(G->a.kind) || !dtnh__plain_kind(G->b.kind) ||
-        (size_t)G->M * (size_t)G->N > DTNH__KPARTS_C || slices < DTNH__KPARTS_SLICES)
-        return 1;
-    dtnh__plan_make(DTNH__MC, DTNH__NC, DTNH__KC, 0, &full);
-    most = (double)(full.a_floats + full.b_floats - P->a_floats - P->b_floats) / dtnh__part_floats(G);
-    if (most > madds / DTNH__KPART_MADDS) most = madds / DTNH__KPART_MADDS;
-    if (most > slices) most = slices;
-    while (parts < DTNH__KPARTS_MAX && parts * 2 <= most) parts *= 2;
-    return parts;
+    if (!dtnh__plain_kind(G->a.kind) || !dtnh__plain_kind(G->b.kind) || P->slices < DTNH__KPARTS ||
+        (double)G->M * G->N * G->K < DTNH__KPARTS * DTNH__PAR_MADDS)
+        return 0;
+    dtnh__plan_default(&full);
+    return P->a_floats + P->b_floats + DTNH__KPARTS * dtnh__part_floats(G) <=
+           full.a_floats + full.b_floats;
 }
 
-/* Part p's product: in the buffer of the thread that computed it, after its packed blocks. */
-static float *dtnh__part_buf(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P, int p,
-                             int parts, int nt) {
-    int t, lo = 0, hi = 0;
+/* Where each part's product goes: in the buffer of the thread that computes it, after its
+   packed blocks. */
+static void dtnh__part_bufs(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P, int nt,
+                            float **part) {
+    int t, p, lo, hi;
     for (t = 0; t < nt; t++) {
-        dtnh__share(parts, 1, t, nt, &lo, &hi);
-        if (p < hi) break;
+        float *after_blocks = dtnh__thread_buf(work, P, t) + P->a_floats + P->b_floats;
+        dtnh__share(DTNH__KPARTS, 1, t, nt, &lo, &hi);
+        for (p = lo; p < hi; p++) part[p] = after_blocks + (size_t)(p - lo) * dtnh__part_floats(G);
     }
-    return dtnh__thread_buf(work, P, t) + P->a_floats + P->b_floats +
-           (size_t)(p - lo) * dtnh__part_floats(G);
 }
 
-/* Rows [m_lo, m_hi) of C: the parts summed in order, blended in as a first K slice. */
-static void dtnh__add_parts(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P,
-                            int parts, int nt, int m_lo, int m_hi) {
+/* Rows [m_lo, m_hi) of C: the parts summed in order, then blended in as a first K slice. */
+static void dtnh__add_parts(const dtnh__gemm *G, float *const *part, int m_lo, int m_hi) {
     DTNH_ALIGNED(64) float tile[DTNH__MR * DTNH__NR];
-    int m0, n0, r, q, p;
+    int m0, n0, r, p;
     for (m0 = m_lo; m0 < m_hi; m0 += DTNH__MR)
         for (n0 = 0; n0 < G->N; n0 += DTNH__NR) {
             int mr = dtnh__kmin(DTNH__MR, m_hi - m0), nr = dtnh__kmin(DTNH__NR, G->N - n0);
-            for (p = 0; p < parts; p++) {
-                const float *src = dtnh__part_buf(G, work, P, p, parts, nt) + (size_t)m0 * G->N + n0;
-                for (r = 0; r < mr; r++)
-                    for (q = 0; q < nr; q++) {
-                        float v = src[(size_t)r * G->N + q];
-                        tile[r * DTNH__NR + q] = p ? tile[r * DTNH__NR + q] + v : v;
-                    }
+            for (r = 0; r < mr; r++) {
+                size_t at = (size_t)(m0 + r) * (size_t)G->N + (size_t)n0;
+                dtnh_copy((size_t)nr, part[0] + at, tile + r * DTNH__NR);
+                for (p = 1; p < DTNH__KPARTS; p++)
+                    dtnh_axpy((size_t)nr, 1.0f, part[p] + at, tile + r * DTNH__NR);
             }
             dtnh__store_tile(G, m0, mr, n0, nr, tile, 1);
         }
 }
 
-/* Thread t of nt: its share of the parts, then (once all are done) its share of C's rows. */
-static void dtnh__gemm_parts(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P,
-                             int parts, int t, int nt) {
-    float *abuf = dtnh__thread_buf(work, P, t);
-    int slices = (G->K + P->kc - 1) / P->kc, lo, hi, p, m_lo, m_hi;
-    dtnh__share(parts, 1, t, nt, &lo, &hi);
+/* Thread t of nt: its share of the parts, then (once all are done) its share of C's rows.
+   No early return: every thread of the team must reach the barrier. */
+static void dtnh__gemm_parts(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P, int t,
+                             int nt) {
+    float *abuf = dtnh__thread_buf(work, P, t), *part[DTNH__KPARTS];
+    int lo, hi, p, m_lo, m_hi;
+    dtnh__part_bufs(G, work, P, nt, part);
+    dtnh__share(DTNH__KPARTS, 1, t, nt, &lo, &hi);
     for (p = lo; p < hi; p++) {
-        dtnh__gemm part = *G;
-        int s_lo, s_hi;
-        dtnh__share(slices, 1, p, parts, &s_lo, &s_hi);
-        part.alpha = 1.0f;
-        part.beta = 0.0f;
-        part.bias = NULL;
-        part.c = dtnh__view_plain(DTNH__ROWS, dtnh__part_buf(G, work, P, p, parts, nt), (size_t)G->N);
-        dtnh__gemm_range_packed(&part, P, 0, G->M, 0, G->N, s_lo * P->kc,
+        dtnh__gemm one = *G;
+        int s_lo, s_hi; /* never empty: a cut product has a slice or more per part */
+        dtnh__share(P->slices, 1, p, DTNH__KPARTS, &s_lo, &s_hi);
+        one.alpha = 1.0f;
+        one.beta = 0.0f;
+        one.bias = NULL;
+        one.c = dtnh__view_plain(DTNH__ROWS, part[p], (size_t)G->N);
+        dtnh__gemm_range_packed(&one, P, 0, G->M, 0, G->N, s_lo * P->kc,
                                 dtnh__kmin(G->K, s_hi * P->kc), abuf, abuf + P->a_floats);
     }
     DTNH__OMP(barrier)
     dtnh__share(G->M, DTNH__MR, t, nt, &m_lo, &m_hi);
-    if (m_lo < m_hi) dtnh__add_parts(G, work, P, parts, nt, m_lo, m_hi);
+    if (m_lo < m_hi) dtnh__add_parts(G, part, m_lo, m_hi);
 }
 
 static void dtnh__gemm_run(const dtnh__gemm *G, const dtnh_work *work) {
     dtnh__plan P;
-    int T, by_cols, parts;
+    int T, by_cols, cut;
     dtnh__plan_make(G->M, G->N, G->K, 0, &P);
-    parts = dtnh__k_parts(G, &P);
-    if (parts > 1) dtnh__plan_make(G->M, G->N, G->K, (size_t)parts * dtnh__part_floats(G), &P);
+    cut = dtnh__k_cut(G, &P);
+    if (cut) dtnh__plan_make(G->M, G->N, G->K, DTNH__KPARTS * dtnh__part_floats(G), &P);
     T = dtnh__threads_for(work, P.thread_bytes, (double)G->M * G->N * G->K);
-    by_cols = dtnh__split_columns(G, T);
-    (void)T; /* used only by the pragma */
+    by_cols = !cut && dtnh__split_columns(G, T);
     DTNH_ASSERT(work->bytes >= P.thread_bytes + 64 && work->buf);
 #if defined(DTNH__AVX512)
     /* The padded backward-weights and the stride-2 phases take each thread's share of all the
@@ -2847,7 +2847,7 @@ static void dtnh__gemm_run(const dtnh__gemm *G, const dtnh_work *work) {
     DTNH__OMP(parallel num_threads(T) if (T > 1))
     {
         int t = dtnh__omp_thread(), nt = dtnh__omp_team();
-        if (parts > 1) dtnh__gemm_parts(G, work, &P, parts, t, nt);
+        if (cut) dtnh__gemm_parts(G, work, &P, t, nt);
         else dtnh__gemm_share(G, work, &P, by_cols, t, nt);
     }
 }
@@ -2877,7 +2877,7 @@ static size_t dtnh__work_total(size_t thread_bytes, int threads) {
 
 DTNHDEF size_t dtnh_gemm_work_bytes(int threads) {
     dtnh__plan P;
-    dtnh__plan_make(DTNH__MC, DTNH__NC, DTNH__KC, 0, &P);
+    dtnh__plan_default(&P);
     return dtnh__work_total(P.thread_bytes, threads);
 }
 

@@ -510,7 +510,8 @@ static void flipped_by_im2col(const dtnh_conv_geom *g, const float *dy_img, cons
 }
 
 /* dW^T = unfold(x) . dY^T with the columns (image, pixel) of the whole batch, as one GEMM;
-   then once more, added to it. */
+   then once more, added to it. K = n*oh*ow stays at most 3840 (15 K slices) in every geometry
+   here: dtnh_sgemm cuts products of 16 slices or more along K, the convolution paths do not. */
 static int weights_match_im2col_gemm(const dtnh_conv_geom *g, const float *x, const float *dy,
                                      const dtnh_work *work, const dtnh_work *gemm_work) {
     size_t plane = (size_t)g->oh * g->ow, M = (size_t)g->c_in * g->kh * g->kw, K = (size_t)g->n * plane;

@@ -88,7 +88,7 @@ static const int shapes[][3] = {
     {1, 1, 1},    {1, 7, 1},     {7, 1, 13},   {2, 3, 5},    {13, 17, 19},  {31, 37, 41},
     {8, 32, 16},  {9, 33, 17},   {67, 71, 73}, {6, 16, 300}, {130, 97, 261}, {257, 5, 3},
     {3, 1031, 7}, {16, 48, 513}, {300, 40, 20}, {49, 130, 64}, {24, 1, 600}, {1, 300, 257},
-    {24, 35, 6000}}; /* the last: a small C over a long K, cut into 4 parts along K */
+    {24, 35, 6000}}; /* the last: a small C over a long K, cut into 16 parts along K */
 
 static void gemm_matches_reference_on_awkward_shapes(void) {
     dtnh_work w;
@@ -137,11 +137,22 @@ static void gemm_beta_zero_ignores_nan_in_c(void) {
     float A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {1, 0, 0, 1, 1, 1}, C[4];
     dtnh_work w;
     void *mem = gemm_work(&w, 1);
-    int i;
+    dtnh_rng r;
+    float *LA, *LB, *LC;
+    int i, finite = 1;
     for (i = 0; i < 4; i++) C[i] = (float)NAN;
     dtnh_sgemm(DTNH_NO_TRANS, DTNH_NO_TRANS, 2, 2, 3, 1.0f, A, 3, B, 2, 0.0f, C, 2, &w);
-    free(mem);
     CHECK(C[0] == 4 && C[1] == 5 && C[2] == 10 && C[3] == 11);
+    /* and a long product cut along K, whose parts are blended into C at the end */
+    dtnh_rng_seed(&r, 5);
+    LA = random_floats((size_t)24 * 6000, &r);
+    LB = random_floats((size_t)6000 * 35, &r);
+    LC = (float *)malloc((size_t)24 * 35 * sizeof(float));
+    for (i = 0; i < 24 * 35; i++) LC[i] = (float)NAN;
+    dtnh_sgemm(DTNH_NO_TRANS, DTNH_NO_TRANS, 24, 35, 6000, 1.0f, LA, 6000, LB, 35, 0.0f, LC, 35, &w);
+    for (i = 0; i < 24 * 35; i++) finite &= LC[i] == LC[i];
+    CHECK(finite);
+    free(LA); free(LB); free(LC); free(mem);
 }
 
 static void gemm_without_work_runs_unpacked(void) {
@@ -160,8 +171,8 @@ static void gemm_without_work_runs_unpacked(void) {
 }
 
 /* The same bits with one, two and three threads, for shapes split along M and along N (147
-   columns: in half slivers) and along K (the last two: small Cs over long Ks, in 8 and 16
-   parts, the most there are; 3 threads take 2 or 3, or 5 or 6 of them). */
+   columns: in half slivers) and along K (the last two: small Cs over long Ks, cut into 16
+   parts; 3 threads take 5, 5 and 6). */
 static void gemm_is_identical_for_any_thread_count(void) {
     static const int big[][3] = {{200, 300, 280}, {300, 24, 270}, {24, 700, 90}, {97, 530, 600},
                                  {64, 147, 700}, {64, 27, 6000}, {40, 50, 20000}};
@@ -169,7 +180,7 @@ static void gemm_is_identical_for_any_thread_count(void) {
     void *m1 = gemm_work(&w1, 1), *m2 = gemm_work(&w2, 2), *m3 = gemm_work(&w3, 3);
     dtnh_rng r;
     size_t s;
-    int t, same = 1;
+    int t, same = 1, threads_before = dtnh_threads();
     dtnh_rng_seed(&r, 4);
     for (s = 0; s < sizeof big / sizeof big[0] && same; s++)
         for (t = 0; t < 4 && same; t++) {
@@ -190,7 +201,7 @@ static void gemm_is_identical_for_any_thread_count(void) {
                    memcmp(C1, C3, (size_t)M * N * sizeof(float)) == 0;
             free(A); free(B); free(C1); free(C2); free(C3);
         }
-    set_threads(dtnh_threads());
+    set_threads(threads_before);
     free(m1); free(m2); free(m3);
     CHECK(same);
 }
