@@ -262,10 +262,17 @@ typedef struct summary {
     double min_big, min_small, min_ratio1, min_ratio2, min_scale, sum_scale;
     double min_big_r, min_small_r, min_ratio1_r, min_ratio2_r, min_scale_r, sum_scale_r;
     int n_scale;
+    /* how many shapes meet each target (load-robust figures), and of how many */
+    int big_met, big_of, small_met, small_of, ob1_met, ob2_met, ob_of, scale_met;
 } summary;
 
 static void keep_min(double *m, double v) {
     if (v < *m) *m = v;
+}
+
+static void tally(int *met, int *of, int ok) {
+    *met += ok;
+    if (of) ++*of;
 }
 
 /* One GEMM shape: ours at 1 and 2 threads, OpenBLAS likewise; prints a row. Ratios "r" use
@@ -321,22 +328,27 @@ static void bench_gemm_shape(const char *name, const char *pass, dtnh_trans ta, 
         keep_min(&sm->min_ratio2, o2.median / d2.median);
         keep_min(&sm->min_ratio1_r, o1.cpu / d1.cpu);
         keep_min(&sm->min_ratio2_r, o2.best / d2.best);
+        tally(&sm->ob1_met, &sm->ob_of, o1.cpu >= d1.cpu);
+        tally(&sm->ob2_met, NULL, o2.best >= d2.best);
     }
     printf("\n");
     fflush(stdout);
     if (M >= 256 && N >= 256 && K >= 256) {
         keep_min(&sm->min_big, flop / d1.median / peak1);
         keep_min(&sm->min_big_r, flop / d1.cpu / peak1);
+        tally(&sm->big_met, &sm->big_of, flop / d1.cpu / peak1 >= 0.8);
     }
     if (small) {
         keep_min(&sm->min_small, flop / d1.median / peak1);
         keep_min(&sm->min_small_r, flop / d1.cpu / peak1);
+        tally(&sm->small_met, &sm->small_of, flop / d1.cpu / peak1 >= 0.6);
     }
     keep_min(&sm->min_scale, d1.median / d2.median);
     keep_min(&sm->min_scale_r, d1.cpu / d2.best);
     sm->sum_scale += d1.median / d2.median;
     sm->sum_scale_r += d1.cpu / d2.best;
     sm->n_scale++;
+    tally(&sm->scale_met, NULL, d1.cpu / d2.best >= 1.8);
     free((void *)j.A);
     free((void *)j.B);
     free(j.C);
@@ -508,6 +520,8 @@ int main(int argc, char **argv) {
     sm.min_big_r = sm.min_small_r = sm.min_ratio1_r = sm.min_ratio2_r = sm.min_scale_r = 1e9;
     sm.sum_scale = sm.sum_scale_r = 0;
     sm.n_scale = 0;
+    sm.big_met = sm.big_of = sm.small_met = sm.small_of = 0;
+    sm.ob1_met = sm.ob2_met = sm.ob_of = sm.scale_met = 0;
     printf("\nGEMM (fwd: NN, bwdD: TN, bwdW: NT, row-major), GFLOP/s. med: median wall clock;\n"
            "cpu: per second of the thread's CPU time; best: best wall-clock sample;\n"
            "%%peak from cpu; 2/1 = cpu time at 1 thread / best at 2; vs OB = OpenBLAS time / ours\n");
@@ -528,6 +542,12 @@ int main(int argc, char **argv) {
                sm.min_ratio1, sm.min_ratio1_r, sm.min_ratio2, sm.min_ratio2_r);
     printf("  2 threads / 1 thread: min %.2fx | %.2fx, mean %.2fx | %.2fx\n", sm.min_scale,
            sm.min_scale_r, sm.sum_scale / sm.n_scale, sm.sum_scale_r / sm.n_scale);
+    printf("  shapes meeting each target, load-robust: >= 80%% %d of %d, >= 60%% %d of %d",
+           sm.big_met, sm.big_of, sm.small_met, sm.small_of);
+    if (have_ob)
+        printf(", >= 1.0x OpenBLAS %d of %d at 1 thread and %d at 2", sm.ob1_met, sm.ob_of,
+               sm.ob2_met);
+    printf(", >= 1.8x %d of %d\n", sm.scale_met, sm.n_scale);
     printf("\nconvolution calls (implicit im2col), GFLOP/s (2*c_out*n*oh*ow*c_in*k*k per pass)\n");
     printf("%-15s %-4s | %6s %6s %6s | %6s %6s %6s | %9s\n", "layer", "pass", "1t med", "1t cpu",
            "%peak", "2t med", "2t bst", "2/1", "work");
