@@ -2600,8 +2600,7 @@ static float *dtnh__padded_c_copy(const dtnh__gemm *G, const dtnh__plan *P, int 
 }
 
 static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
-                                    int n_lo, int n_hi, int k_lo, int k_hi, float *abuf,
-                                    float *bbuf) {
+                                    int n_lo, int n_hi, float *abuf, float *bbuf) {
     const dtnh_conv_geom *g = &G->a.g;
     int kk = g->kh * g->kw, pc, ir, jr, r, s;
     dtnh__padded d;
@@ -2624,8 +2623,8 @@ static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, in
     off = (int32_t *)(void *)(d.buf + (size_t)d.slots * ((d.image_floats + 15) / 16 * 16));
     ct = dtnh__padded_c_copy(G, P, m_lo, m_hi, n_lo, n_hi, abuf, &Gt);
     if (ct) Gc = &Gt;
-    for (pc = k_lo; pc < k_hi; pc += P->kc) {
-        int kc = dtnh__kmin(P->kc, k_hi - pc);
+    for (pc = 0; pc < G->K; pc += P->kc) {
+        int kc = dtnh__kmin(P->kc, G->K - pc);
         dtnh__pack_b(G, pc, kc, n_lo, n_hi - n_lo, abuf);
         dtnh__padded_offsets(&d, pc, kc, off);
         for (ir = m_lo; ir < m_hi; ir += DTNH__MR) {
@@ -2641,7 +2640,7 @@ static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, in
                 int nr = dtnh__kmin(DTNH__NR, n_hi - jr);
                 if (nr <= 16) dtnh__kernel_padded_half(kc, rows, off, b, tile);
                 else dtnh__kernel_padded(kc, rows, off, b, tile);
-                dtnh__store_tile(Gc, ir, mr, jr, nr, tile, pc == k_lo);
+                dtnh__store_tile(Gc, ir, mr, jr, nr, tile, pc == 0);
             }
         }
     }
@@ -2653,27 +2652,24 @@ static void dtnh__gemm_range_padded(const dtnh__gemm *G, const dtnh__plan *P, in
 }
 #endif
 
-/* C rows [m_lo, m_hi) x columns [n_lo, n_hi), K slices [k_lo, k_hi), on one thread's buffers.
-   (The phases and direct paths, for forward passes, always take all of K: those are never
-   cut.) */
+/* C rows [m_lo, m_hi) x columns [n_lo, n_hi), all of K, on one thread's buffers. */
 static void dtnh__gemm_range(const dtnh__gemm *G, const dtnh__plan *P, int m_lo, int m_hi,
-                             int n_lo, int n_hi, int k_lo, int k_hi, float *abuf, float *bbuf) {
+                             int n_lo, int n_hi, float *abuf, float *bbuf) {
 #if defined(DTNH__AVX512)
-    int all_k = k_lo == 0 && k_hi == G->K;
     if (dtnh__padded_ok(G, P)) {
-        dtnh__gemm_range_padded(G, P, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi, abuf, bbuf);
+        dtnh__gemm_range_padded(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
         return;
     }
-    if (all_k && dtnh__phases_ok(G) && dtnh__phases_floats(G, P) <= P->thread_bytes / sizeof(float)) {
+    if (dtnh__phases_ok(G) && dtnh__phases_floats(G, P) <= P->thread_bytes / sizeof(float)) {
         dtnh__gemm_range_phases(G, P, m_lo, m_hi, n_lo, n_hi, abuf);
         return;
     }
-    if (all_k && dtnh__direct_ok(G) && dtnh__direct_bytes(&G->b.g, P->kc) <= P->b_floats * sizeof(float)) {
+    if (dtnh__direct_ok(G) && dtnh__direct_bytes(&G->b.g, P->kc) <= P->b_floats * sizeof(float)) {
         dtnh__gemm_range_direct(G, P, m_lo, m_hi, n_lo, n_hi, abuf, bbuf);
         return;
     }
 #endif
-    dtnh__gemm_range_packed(G, P, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi, abuf, bbuf);
+    dtnh__gemm_range_packed(G, P, m_lo, m_hi, n_lo, n_hi, 0, G->K, abuf, bbuf);
 }
 
 static int dtnh__omp_thread(void) {
@@ -2745,7 +2741,7 @@ static void dtnh__gemm_share(const dtnh__gemm *G, const dtnh_work *work, const d
     if (by_cols) dtnh__share(G->N, dtnh__column_unit(G->N, nt), t, nt, &n_lo, &n_hi);
     else dtnh__share(G->M, DTNH__MR, t, nt, &m_lo, &m_hi);
     if (m_lo < m_hi && n_lo < n_hi)
-        dtnh__gemm_range(G, P, m_lo, m_hi, n_lo, n_hi, 0, G->K, abuf, abuf + P->a_floats);
+        dtnh__gemm_range(G, P, m_lo, m_hi, n_lo, n_hi, abuf, abuf + P->a_floats);
 }
 
 /* ---- long K, small C: the product cut into parts along K ------------------------------------
@@ -2755,71 +2751,66 @@ static void dtnh__gemm_share(const dtnh__gemm *G, const dtnh_work *work, const d
    part's product goes to a buffer of its own, and at the end the parts are added in order and
    blended into C. Whether a product is cut depends on its shape alone, never on the thread
    count, so any thread count gives the same bits (but not the bits of the uncut product).
-   Threads beyond 16 wait. The parts' buffers come first in the work, the threads' after. */
+   Threads beyond 16 wait. */
 #define DTNH__KPARTS 16
 
 static int dtnh__plain_kind(int kind) { return kind == DTNH__ROWS || kind == DTNH__COLS; }
 
-/* Products that may be cut: dtnh_sgemm's (plain operands) and the convolutions' backward-
-   weights (dW^T = unfold(x) . dY^T, C stored by columns: dW). */
-static int dtnh__cuttable(const dtnh__gemm *G) {
-    if (dtnh__plain_kind(G->a.kind) && dtnh__plain_kind(G->b.kind)) return 1;
-    return G->a.kind == DTNH__IM2COL && G->b.kind == DTNH__FOLDED_T && G->c.kind == DTNH__COLS;
+static size_t dtnh__part_floats(const dtnh__gemm *G) {
+    return ((size_t)G->M * (size_t)G->N + 15) / 16 * 16;
 }
 
-static size_t dtnh__part_floats(int M, int N) { return ((size_t)M * (size_t)N + 15) / 16 * 16; }
-
-/* Whether a product of this shape is cut: a K slice or more, and as many multiply-adds as make
-   a second thread worth it, per part; the parts and one thread's blocks within one thread's
-   share of dtnh_gemm_work_bytes, so that any work sized for dtnh_sgemm holds them. Products
-   under 16 K slices stay whole: the forward and backward-data paths never cut, and a test
-   compares their bits with dtnh_sgemm's on such products. */
-static int dtnh__k_cut(int M, int N, int K, const dtnh__plan *P) {
+/* Whether to cut: plain operands (dtnh_sgemm's); a K slice or more, and as many multiply-adds
+   as make a second thread worth it, per part; all parts fitting beside the packed blocks in
+   one thread's share of dtnh_gemm_work_bytes. Products under 16 K slices stay whole: the
+   convolutions' own paths never cut, and a test compares their bits with dtnh_sgemm's on such
+   products. */
+static int dtnh__k_cut(const dtnh__gemm *G, const dtnh__plan *P) {
     dtnh__plan full;
-    if (P->slices < DTNH__KPARTS || (double)M * N * K < DTNH__KPARTS * DTNH__PAR_MADDS) return 0;
+    if (!dtnh__plain_kind(G->a.kind) || !dtnh__plain_kind(G->b.kind) || P->slices < DTNH__KPARTS ||
+        (double)G->M * G->N * G->K < DTNH__KPARTS * DTNH__PAR_MADDS)
+        return 0;
     dtnh__plan_default(&full);
-    return P->a_floats + P->b_floats + DTNH__KPARTS * dtnh__part_floats(M, N) <=
+    return P->a_floats + P->b_floats + DTNH__KPARTS * dtnh__part_floats(G) <=
            full.a_floats + full.b_floats;
 }
 
-/* The work's bytes the parts take (0: not cut), in front of the threads' buffers. */
-static size_t dtnh__parts_bytes(int M, int N, int K, const dtnh__plan *P) {
-    return dtnh__k_cut(M, N, K, P) ? DTNH__KPARTS * dtnh__part_floats(M, N) * sizeof(float) : 0;
-}
-
-/* Element (m, n) of a part: laid out as C is (by rows, or by columns for a transposed C). */
-static size_t dtnh__part_at(const dtnh__gemm *G, int m, int n) {
-    return G->c.kind == DTNH__COLS ? (size_t)n * (size_t)G->M + (size_t)m
-                                   : (size_t)m * (size_t)G->N + (size_t)n;
+/* Where each part's product goes: in the buffer of the thread that computes it, after its
+   packed blocks. */
+static void dtnh__part_bufs(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P, int nt,
+                            float **part) {
+    int t, p, lo, hi;
+    for (t = 0; t < nt; t++) {
+        float *after_blocks = dtnh__thread_buf(work, P, t) + P->a_floats + P->b_floats;
+        dtnh__share(DTNH__KPARTS, 1, t, nt, &lo, &hi);
+        for (p = lo; p < hi; p++) part[p] = after_blocks + (size_t)(p - lo) * dtnh__part_floats(G);
+    }
 }
 
 /* Rows [m_lo, m_hi) of C: the parts summed in order, then blended in as a first K slice. */
 static void dtnh__add_parts(const dtnh__gemm *G, float *const *part, int m_lo, int m_hi) {
     DTNH_ALIGNED(64) float tile[DTNH__MR * DTNH__NR];
-    int m0, n0, r, q, p;
+    int m0, n0, r, p;
     for (m0 = m_lo; m0 < m_hi; m0 += DTNH__MR)
         for (n0 = 0; n0 < G->N; n0 += DTNH__NR) {
             int mr = dtnh__kmin(DTNH__MR, m_hi - m0), nr = dtnh__kmin(DTNH__NR, G->N - n0);
-            for (r = 0; r < mr; r++)
-                for (q = 0; q < nr; q++) {
-                    size_t at = dtnh__part_at(G, m0 + r, n0 + q);
-                    float sum = part[0][at];
-                    for (p = 1; p < DTNH__KPARTS; p++) sum += part[p][at];
-                    tile[r * DTNH__NR + q] = sum;
-                }
+            for (r = 0; r < mr; r++) {
+                size_t at = (size_t)(m0 + r) * (size_t)G->N + (size_t)n0;
+                dtnh_copy((size_t)nr, part[0] + at, tile + r * DTNH__NR);
+                for (p = 1; p < DTNH__KPARTS; p++)
+                    dtnh_axpy((size_t)nr, 1.0f, part[p] + at, tile + r * DTNH__NR);
+            }
             dtnh__store_tile(G, m0, mr, n0, nr, tile, 1);
         }
 }
 
 /* Thread t of nt: its share of the parts, then (once all are done) its share of C's rows.
-   `threads` is the work after the parts. No early return: every thread of the team must
-   reach the barrier. */
-static void dtnh__gemm_parts(const dtnh__gemm *G, const dtnh_work *work, const dtnh_work *threads,
-                             const dtnh__plan *P, int t, int nt) {
-    float *abuf = dtnh__thread_buf(threads, P, t), *part[DTNH__KPARTS];
-    float *first = (float *)(((uintptr_t)work->buf + 63) / 64 * 64);
+   No early return: every thread of the team must reach the barrier. */
+static void dtnh__gemm_parts(const dtnh__gemm *G, const dtnh_work *work, const dtnh__plan *P, int t,
+                             int nt) {
+    float *abuf = dtnh__thread_buf(work, P, t), *part[DTNH__KPARTS];
     int lo, hi, p, m_lo, m_hi;
-    for (p = 0; p < DTNH__KPARTS; p++) part[p] = first + (size_t)p * dtnh__part_floats(G->M, G->N);
+    dtnh__part_bufs(G, work, P, nt, part);
     dtnh__share(DTNH__KPARTS, 1, t, nt, &lo, &hi);
     for (p = lo; p < hi; p++) {
         dtnh__gemm one = *G;
@@ -2828,10 +2819,9 @@ static void dtnh__gemm_parts(const dtnh__gemm *G, const dtnh_work *work, const d
         one.alpha = 1.0f;
         one.beta = 0.0f;
         one.bias = NULL;
-        one.c = G->c.kind == DTNH__COLS ? dtnh__view_plain(DTNH__COLS, part[p], (size_t)G->M)
-                                        : dtnh__view_plain(DTNH__ROWS, part[p], (size_t)G->N);
-        dtnh__gemm_range(&one, P, 0, G->M, 0, G->N, s_lo * P->kc, dtnh__kmin(G->K, s_hi * P->kc),
-                         abuf, abuf + P->a_floats);
+        one.c = dtnh__view_plain(DTNH__ROWS, part[p], (size_t)G->N);
+        dtnh__gemm_range_packed(&one, P, 0, G->M, 0, G->N, s_lo * P->kc,
+                                dtnh__kmin(G->K, s_hi * P->kc), abuf, abuf + P->a_floats);
     }
     DTNH__OMP(barrier)
     dtnh__share(G->M, DTNH__MR, t, nt, &m_lo, &m_hi);
@@ -2840,28 +2830,25 @@ static void dtnh__gemm_parts(const dtnh__gemm *G, const dtnh_work *work, const d
 
 static void dtnh__gemm_run(const dtnh__gemm *G, const dtnh_work *work) {
     dtnh__plan P;
-    dtnh_work threads = *work; /* the threads' buffers: after the parts, if cut */
-    size_t parts_bytes;
-    int T, by_cols;
+    int T, by_cols, cut;
     dtnh__plan_make(G->M, G->N, G->K, 0, &P);
-    parts_bytes = dtnh__cuttable(G) ? dtnh__parts_bytes(G->M, G->N, G->K, &P) : 0;
-    DTNH_ASSERT(work->bytes >= parts_bytes + P.thread_bytes + 64 && work->buf);
-    threads.buf = (char *)work->buf + parts_bytes; /* a multiple of 64: the same alignment */
-    threads.bytes = work->bytes - parts_bytes;
-    T = dtnh__threads_for(&threads, P.thread_bytes, (double)G->M * G->N * G->K);
-    by_cols = !parts_bytes && dtnh__split_columns(G, T);
+    cut = dtnh__k_cut(G, &P);
+    if (cut) dtnh__plan_make(G->M, G->N, G->K, DTNH__KPARTS * dtnh__part_floats(G), &P);
+    T = dtnh__threads_for(work, P.thread_bytes, (double)G->M * G->N * G->K);
+    by_cols = !cut && dtnh__split_columns(G, T);
+    DTNH_ASSERT(work->bytes >= P.thread_bytes + 64 && work->buf);
 #if defined(DTNH__AVX512)
     /* The padded backward-weights and the stride-2 phases take each thread's share of all the
        work there is (a shared work buffer is sized for the largest layer): the more of it, the
        more often they fit. */
     if ((G->a.kind == DTNH__IM2COL && G->c.kind == DTNH__COLS) || dtnh__phases_ok(G))
-        P.thread_bytes = (threads.bytes - 64) / (size_t)T / 64 * 64;
+        P.thread_bytes = (work->bytes - 64) / (size_t)T / 64 * 64;
 #endif
     DTNH__OMP(parallel num_threads(T) if (T > 1))
     {
         int t = dtnh__omp_thread(), nt = dtnh__omp_team();
-        if (parts_bytes) dtnh__gemm_parts(G, work, &threads, &P, t, nt);
-        else dtnh__gemm_share(G, &threads, &P, by_cols, t, nt);
+        if (cut) dtnh__gemm_parts(G, work, &P, t, nt);
+        else dtnh__gemm_share(G, work, &P, by_cols, t, nt);
     }
 }
 
@@ -3067,11 +3054,6 @@ static dtnh_conv_geom dtnh__flipped_geom(const dtnh_conv_geom *g) {
 static int dtnh__c2i_channels(const dtnh_conv_geom *g) {
     int c = DTNH__C2I_ROWS / (g->kh * g->kw);
     return c < 1 ? 1 : dtnh__kmin(c, g->c_in);
-}
-
-/* The work the backward-weights' parts take in front of the threads' buffers (0: not cut). */
-static size_t dtnh__conv_w_parts_bytes(const dtnh_conv_geom *g, const dtnh__plan *bwd_w) {
-    return dtnh__parts_bytes(g->c_in * g->kh * g->kw, g->c_out, g->n * g->oh * g->ow, bwd_w);
 }
 
 /* The plan of each pass; conv_work_bytes takes the largest, the passes use their own. */
@@ -3583,9 +3565,9 @@ DTNHDEF size_t dtnh_conv_work_bytes(const dtnh_conv_geom *g, int threads) {
     dtnh__plan f, d, w;
     size_t most;
     dtnh__conv_plans(g, &f, &d, &w);
-    most = dtnh__work_total(f.thread_bytes > d.thread_bytes ? f.thread_bytes : d.thread_bytes, threads);
-    if (dtnh__work_total(w.thread_bytes, threads) + dtnh__conv_w_parts_bytes(g, &w) > most)
-        most = dtnh__work_total(w.thread_bytes, threads) + dtnh__conv_w_parts_bytes(g, &w);
+    most = f.thread_bytes > d.thread_bytes ? f.thread_bytes : d.thread_bytes;
+    if (w.thread_bytes > most) most = w.thread_bytes;
+    most = dtnh__work_total(most, threads);
 #if defined(DTNH__AVX512)
     if (dtnh__wino_ok(g)) {
         dtnh__wino forward, backward, weights;
@@ -3791,7 +3773,7 @@ static void dtnh__backward_data_col2im(const dtnh_conv_geom *g, const float *dy,
                 int n_hi = dtnh__kmin(G.N, col + DTNH__C2I_COLS);
                 Gt.c.row0 = m_lo;
                 Gt.c.col0 = col;
-                dtnh__gemm_range(&Gt, &P, m_lo, m_hi, col, n_hi, 0, Gt.K, abuf, bbuf);
+                dtnh__gemm_range(&Gt, &P, m_lo, m_hi, col, n_hi, abuf, bbuf);
                 dtnh__col2im_add(g, tile, (size_t)P.nc, m_lo, m_hi, col, n_hi, dx);
             }
         }
