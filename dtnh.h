@@ -958,8 +958,7 @@ DTNHDEF size_t dtnh_params_count(const dtnh_params *p, unsigned mask) {
    the write-back likewise maps a tile of C onto a plain, transposed or batch-folded output.
    Determinism: each element of C is a chain of FMAs over k in order inside a KC slice, and the
    slices are added in order; threads only choose which tiles they compute. (A long product
-   with a small C is cut along K into parts whose number the shape alone sets: see
-   dtnh__k_parts.) */
+   with a small C is cut along K into parts, or not, by its shape alone: see dtnh__k_cut.) */
 
 #if !defined(DTNH_NO_SIMD) && defined(__AVX512F__)
 #include <immintrin.h>

@@ -516,12 +516,9 @@ int main(int argc, char **argv) {
     work.buf = malloc(bytes);
     work.bytes = bytes;
     work.threads = team;
+    memset(&sm, 0, sizeof sm); /* sums and counts; the minima start high */
     sm.min_big = sm.min_small = sm.min_ratio1 = sm.min_ratio2 = sm.min_scale = 1e9;
     sm.min_big_r = sm.min_small_r = sm.min_ratio1_r = sm.min_ratio2_r = sm.min_scale_r = 1e9;
-    sm.sum_scale = sm.sum_scale_r = 0;
-    sm.n_scale = 0;
-    sm.big_met = sm.big_of = sm.small_met = sm.small_of = 0;
-    sm.ob1_met = sm.ob2_met = sm.ob_of = sm.scale_met = 0;
     printf("\nGEMM (fwd: NN, bwdD: TN, bwdW: NT, row-major), GFLOP/s. med: median wall clock;\n"
            "cpu: per second of the thread's CPU time; best: best wall-clock sample;\n"
            "%%peak from cpu; 2/1 = cpu time at 1 thread / best at 2; vs OB = OpenBLAS time / ours\n");
